@@ -1,0 +1,70 @@
+"""lens: record every tensor op of a PyTorch forward pass, and edit it.
+
+    import lens as tl
+    trace = tl.trace(model, x)
+    trace['conv2d_3_7'].out, trace['features.6'].out, trace[-1]
+
+The public surface is exactly ``__all__``.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CaptureError,
+    InterventionError,
+    LensError,
+    LoadError,
+    LookupKeyError,
+    MissingDependencyError,
+    ModelTypeError,
+    PayloadError,
+    ReplayError,
+    SelectorError,
+)
+from .selectors import (
+    everything,
+    followed_by,
+    func,
+    in_module,
+    label,
+    module,
+    nothing,
+    preceded_by,
+    where,
+)
+from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
+from .validate import ValidationReport, validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptureError",
+    "InterventionError",
+    "Layer",
+    "LensError",
+    "LoadError",
+    "LookupKeyError",
+    "MissingDependencyError",
+    "ModelTypeError",
+    "ModuleCall",
+    "ModuleRecord",
+    "Op",
+    "OpGroup",
+    "PayloadError",
+    "ReplayError",
+    "SelectorError",
+    "Trace",
+    "ValidationReport",
+    "__version__",
+    "everything",
+    "followed_by",
+    "func",
+    "in_module",
+    "label",
+    "module",
+    "nothing",
+    "preceded_by",
+    "trace",
+    "validate",
+    "where",
+]

@@ -1,0 +1,11 @@
+"""The capture engine: a TorchFunctionMode plus module hooks, scoped to one forward pass."""
+
+from .engine import Halt, Interceptor, PayloadOptions, Recorder, SaveAll, SaveNone, SavePolicy
+from .records import ModuleCallRecord, OpRecord, ParamRef, Ref
+from .run import bind_inputs, check_model, run_forward
+
+__all__ = [
+    "Halt", "Interceptor", "ModuleCallRecord", "OpRecord", "ParamRef", "PayloadOptions",
+    "Recorder", "Ref", "SaveAll", "SaveNone", "SavePolicy", "bind_inputs", "check_model",
+    "run_forward",
+]

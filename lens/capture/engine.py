@@ -1,0 +1,465 @@
+"""The capture engine: a TorchFunctionMode plus module hooks, entered for one forward pass.
+
+Per intercepted call the hot path does: look up cached facts about the function, clone
+saved payloads that an in-place call is about to overwrite, run the call, and — only if
+it produced tensors — write one :class:`OpRecord` per output tensor. Nothing in torch is
+changed outside the ``with`` block; hooks are removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from time import perf_counter
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from . import funcs
+from .records import (
+    BUFFER,
+    CONSTANT,
+    IDENTITY,
+    INPUT,
+    OP,
+    OUTPUT,
+    ModuleCallRecord,
+    OpRecord,
+    ParamRef,
+    Ref,
+)
+
+
+class Interceptor(Protocol):
+    """The extension point: sees each op's output tensor and returns it or a replacement.
+
+    Live interventions plug in here. ``op`` is the record just written (its ``payload`` is
+    not yet set when the policy has not saved it).
+    """
+
+    def __call__(self, op: OpRecord, value: Tensor) -> Tensor: ...
+
+
+class SavePolicy(Protocol):
+    """Decides which payloads to keep. ``stage`` is 'live', 'module_exit', 'window' or
+    'final'; ``None`` means "not decidable yet, ask again at a later stage"."""
+
+    lookback: int
+
+    def decide(self, op: OpRecord, stage: str) -> bool | None: ...
+
+
+class SaveAll:
+    lookback = 0
+
+    def decide(self, op: OpRecord, stage: str) -> bool | None:
+        return True
+
+
+class SaveNone:
+    lookback = 0
+
+    def decide(self, op: OpRecord, stage: str) -> bool | None:
+        return False
+
+
+class Halt(Exception):
+    """Raised inside the forward to stop it right after a halting op."""
+
+
+class PayloadOptions:
+    """How kept payloads are stored: detached, moved to a device, cast to a dtype."""
+
+    __slots__ = ("detach", "device", "dtype")
+
+    def __init__(self, detach: bool = False, device: Any = None, dtype: Any = None) -> None:
+        self.detach = detach
+        self.device = None if device is None else torch.device(device)
+        self.dtype = dtype
+
+    @property
+    def identity(self) -> bool:
+        return not self.detach and self.device is None and self.dtype is None
+
+    def apply(self, t: Tensor) -> Tensor:
+        if self.detach:
+            t = t.detach()
+        if self.device is not None or self.dtype is not None:
+            t = t.to(device=self.device, dtype=self.dtype)
+        return t
+
+
+_TENSOR = Tensor
+_PARAM = nn.Parameter
+
+
+class Recorder(TorchFunctionMode):
+    """Records one forward pass. Create, ``with recorder.attached(model):`` run, read ``ops``."""
+
+    def __init__(self, model: nn.Module | None, record_cls: type[OpRecord] = OpRecord,
+                 policy: SavePolicy | None = None,
+                 interceptors: tuple[Interceptor, ...] = (),
+                 halt: Callable[[OpRecord], bool] | None = None,
+                 payload: PayloadOptions | None = None,
+                 code_context: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.cls = record_cls
+        self.ops: list[OpRecord] = []
+        self.policy: SavePolicy = policy if policy is not None else SaveAll()
+        self._save_all = isinstance(self.policy, SaveAll)
+        self._save_none = isinstance(self.policy, SaveNone)
+        self.interceptors = interceptors
+        self.halt = halt
+        self.payload = payload or PayloadOptions()
+        self._plain_payload = self.payload.identity
+        self.code_context = code_context
+        self.pending: dict[int, Tensor] = {}  # undecided payloads, by op index
+        self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor]]] = {}
+        self.params: dict[int, str] = {}
+        self.buffers: dict[int, tuple[str, Tensor]] = {}
+        self.module_names: dict[int, str] = {}
+        self.module_calls: list[ModuleCallRecord] = []
+        self.call_counts: dict[str, int] = {}
+        self.ctx: tuple[ModuleCallRecord, ...] = ()
+        self.next_call_id = 0
+        self.halted = False
+        if model is not None:
+            for name, p in model.named_parameters(remove_duplicate=True):
+                self.params[id(p)] = name
+            for name, b in model.named_buffers(remove_duplicate=True):
+                self.buffers[id(b)] = (name, b)
+            for name, m in model.named_modules(remove_duplicate=False):
+                self.module_names.setdefault(id(m), name)
+
+    # ------------------------------------------------------------------ recording
+    def _new(self, kind: str, func: Any, name: str, type_: str, args: tuple[Any, ...],
+             kwargs: dict[str, Any], parents: tuple[int, ...], tensor: Tensor,
+             params: tuple[str, ...] = (), elapsed: float = 0.0,
+             out_index: tuple[int | str, ...] = (), call_id: int = -1,
+             mutates: int | None = None, address: str | None = None,
+             force_save: bool = False) -> OpRecord:
+        ops = self.ops
+        idx = len(ops)
+        op = self.cls(ops, idx, kind, func, name, type_, args, kwargs, parents, None, tensor,
+                      self.ctx, params, elapsed, out_index, call_id, mutates, address)
+        ops.append(op)
+        for p in parents:
+            ops[p].child_idx.append(idx)
+        if force_save or self._save_all:
+            self._keep(op, tensor)
+        elif not self._save_none:
+            decision = self.policy.decide(op, "live")
+            if decision:
+                self._keep(op, tensor)
+            elif decision is None:
+                self.pending[idx] = tensor
+        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor))
+        if self.pending and self.policy.lookback:
+            self._drain_window(idx)
+        return op
+
+    def _keep(self, op: OpRecord, tensor: Tensor) -> None:
+        op.payload = tensor if self._plain_payload else self.payload.apply(tensor)
+        op._saved = True
+
+    def _drain_window(self, idx: int) -> None:
+        edge = idx - self.policy.lookback
+        for j in [j for j in self.pending if j <= edge]:
+            decision = self.policy.decide(self.ops[j], "window")
+            if decision is not None:
+                t = self.pending.pop(j)
+                if decision:
+                    self._keep(self.ops[j], t)
+
+    def _arg(self, a: Any, parents: list[int], params: list[str]) -> Any:
+        """Template of one argument: tensors become Ref/ParamRef; containers recurse."""
+        if isinstance(a, _TENSOR):
+            key = id(a)
+            hit = self.tensor_map.get(key)
+            if hit is not None and hit[1]() is a:
+                parents.append(hit[0])
+                return Ref(hit[0])
+            name = self.params.get(key)
+            if name is not None:
+                params.append(name)
+                return ParamRef(name)
+            buf = self.buffers.get(key)
+            if buf is not None and buf[1] is a:
+                op = self._new(BUFFER, None, "buffer", "buffer", (), {}, (), a,
+                               address=buf[0], force_save=True)
+            else:  # a tensor lens never saw being made: keep its value as a constant
+                op = self._new(CONSTANT, None, "constant", "constant", (), {}, (), a,
+                               force_save=True)
+            parents.append(op.call_index)
+            return Ref(op.call_index)
+        t = type(a)
+        if t is tuple or t is list:
+            if not a:
+                return a
+            items = [self._arg(x, parents, params) for x in a]
+            return tuple(items) if t is tuple else items
+        return a
+
+    def _before_inplace(self, target: Any) -> None:
+        """Copy on write: clone every saved payload that shares storage with ``target``."""
+        if not isinstance(target, _TENSOR):
+            return
+        try:
+            ptr = target.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return
+        for op in self.ops:
+            out = op.payload
+            if out is None or out.device != target.device:
+                continue
+            try:
+                same = out.untyped_storage().data_ptr() == ptr
+            except (RuntimeError, NotImplementedError):
+                continue
+            if same:
+                op.payload = out.clone()
+        for j, t in list(self.pending.items()):
+            if t.untyped_storage().data_ptr() == ptr:
+                self.pending[j] = t.clone()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        if kwargs is None:
+            kwargs = {}
+        fi = funcs.info(func)
+        mutated = None
+        if fi.inplace_arg is not None or fi.inplace_flag is not None:
+            mutated = funcs.mutated_arg(fi, args, kwargs)
+            if mutated is not None:
+                self._before_inplace(args[mutated])
+        if "out" in kwargs:
+            self._before_inplace(kwargs["out"])
+        t0 = perf_counter()
+        out = func(*args, **kwargs)
+        elapsed = perf_counter() - t0
+        if isinstance(out, _TENSOR):
+            return self._record(func, fi, args, kwargs, out, elapsed, mutated)
+        if out is None and mutated is not None and isinstance(args[mutated], _TENSOR):
+            self._record(func, fi, args, kwargs, args[mutated], elapsed, mutated)
+            return None
+        if type(out) is bool and fi.name == "__bool__":
+            hit = self.tensor_map.get(id(args[0])) if args else None
+            if hit is not None:
+                self.ops[hit[0]].bool_used = True
+        elif isinstance(out, (tuple, list)) and out and any(
+                isinstance(o, (_TENSOR, tuple, list)) for o in out):
+            return self._record_multi(func, fi, args, kwargs, out, elapsed)
+        return out
+
+    def _template(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], tuple[str, ...]]:
+        parents: list[int] = []
+        params: list[str] = []
+        targs = tuple([self._arg(a, parents, params) for a in args])
+        tkwargs = {k: self._arg(v, parents, params) for k, v in kwargs.items()} if kwargs else {}
+        if len(parents) > 1:
+            parents = list(dict.fromkeys(parents))
+        return targs, tkwargs, tuple(parents), tuple(params)
+
+    def _record(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
+                kwargs: dict[str, Any], out: Tensor, elapsed: float,
+                mutated: int | None) -> Tensor:
+        targs, tkwargs, parents, params = self._template(args, kwargs)
+        self.next_call_id += 1
+        op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, out, params,
+                       elapsed, (), self.next_call_id, mutated)
+        if self.code_context:
+            op.code = _user_frame()
+        return self._after(op, out)
+
+    def _after(self, op: OpRecord, out: Tensor) -> Tensor:
+        for hook in self.interceptors:
+            new = hook(op, out)
+            if new is not out:
+                out = new
+                self.tensor_map[id(out)] = (op.call_index, weakref.ref(out))
+                if op._saved:
+                    self._keep(op, out)
+                elif op.call_index in self.pending:
+                    self.pending[op.call_index] = out
+        if self.halt is not None and self.halt(op):
+            self.halted = True
+            raise Halt()
+        return out
+
+    def _record_multi(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
+                      kwargs: dict[str, Any], out: Any, elapsed: float) -> Any:
+        targs, tkwargs, parents, params = self._template(args, kwargs)
+        self.next_call_id += 1
+        call_id = self.next_call_id
+        leaves = list(_tensor_leaves(out, ()))
+        replaced: dict[tuple[int | str, ...], Tensor] = {}
+        halting = False
+        for path, t in leaves:
+            op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, t, params,
+                           elapsed, path, call_id, None)
+            if self.code_context:
+                op.code = _user_frame()
+            try:
+                new = self._after(op, t)
+            except Halt:
+                halting, new = True, t
+            if new is not t:
+                replaced[path] = new
+        if replaced:
+            out = _rebuild(out, (), replaced)
+        if halting:
+            raise Halt()
+        return out
+
+    # ------------------------------------------------------------------ sources and sinks
+    def add_input(self, tensor: Tensor, address: str) -> OpRecord:
+        return self._new(INPUT, None, "input", "input", (), {}, (), tensor, address=address,
+                         force_save=True)
+
+    def add_output(self, tensor: Tensor, address: str) -> OpRecord:
+        parents: list[int] = []
+        self._arg(tensor, parents, [])
+        return self._new(OUTPUT, None, "output", "output", (Ref(parents[0]),), {},
+                         tuple(parents), tensor, address=address)
+
+    # ------------------------------------------------------------------ module hooks
+    def _pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        address = self.module_names.get(id(module), "?")
+        n = self.call_counts.get(address, 0) + 1
+        self.call_counts[address] = n
+        parent = self.ctx[-1] if self.ctx else None
+        call = ModuleCallRecord(address, n, type(module).__name__, parent, len(self.ops),
+                                len(self.ctx))
+        ins: list[int] = []
+        for _, t in _tensor_leaves((args, kwargs), ()):
+            hit = self.tensor_map.get(id(t))
+            if hit is not None and hit[1]() is t:
+                ins.append(hit[0])
+        call.input_ops = tuple(dict.fromkeys(ins))
+        self.module_calls.append(call)
+        self.ctx = (*self.ctx, call)
+
+    def _post_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+        call = None
+        for i in range(len(self.ctx) - 1, -1, -1):  # robust to calls that raised inside
+            if self.module_names.get(id(module)) == self.ctx[i].address:
+                call = self.ctx[i]
+                self.ctx = self.ctx[:i]
+                break
+        if call is None:
+            return None
+        replaced: dict[tuple[int | str, ...], Tensor] = {}
+        for path, t in _tensor_leaves(output, ()):
+            hit = self.tensor_map.get(id(t))
+            idx = hit[0] if hit is not None and hit[1]() is t else None
+            if idx is None or idx < call.first_op:
+                # The module returned a tensor it did not compute (nn.Identity): give the
+                # module an explicit identity op so it has an output of its own.
+                self.ctx = (*self.ctx, call)
+                parents: list[int] = []
+                targ = self._arg(t, parents, [])
+                op = self._new(IDENTITY, None, "identity", "identity", (targ,), {},
+                               tuple(parents), t)
+                self.ctx = self.ctx[:-1]
+                new = self._after(op, t)
+                if new is not t:
+                    replaced[path] = new
+                idx = op.call_index
+            rec = self.ops[idx]
+            rec.output_of.append(call)
+            call.output_ops.append(idx)
+            if idx in self.pending:
+                decision = self.policy.decide(rec, "module_exit")
+                if decision is not None:
+                    t2 = self.pending.pop(idx)
+                    if decision:
+                        self._keep(rec, t2)
+        call.last_op = len(self.ops) - 1
+        if self.halt is not None and any(self.halt(self.ops[i]) for i in call.output_ops):
+            self.halted = True
+            raise Halt()
+        if replaced:
+            return _rebuild(output, (), replaced)
+        return None
+
+    @contextmanager
+    def attached(self) -> Iterator[Recorder]:
+        """Hooks on every module and the function mode, removed on exit (also on error)."""
+        handles = []
+        try:
+            if self.model is not None:
+                for m in self.model.modules():
+                    if m is self.model:
+                        continue  # the root's ops are "top level", not inside a module
+                    handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+                    handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True,
+                                                           always_call=False))
+            with self:
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.ctx = ()
+
+    def finish(self) -> None:
+        """Decide every payload still pending, now that the whole pass is known."""
+        for j, t in list(self.pending.items()):
+            decision = self.policy.decide(self.ops[j], "final")
+            if decision:
+                self._keep(self.ops[j], t)
+        self.pending.clear()
+        self.tensor_map.clear()
+
+
+def _tensor_leaves(obj: Any, path: tuple[int | str, ...]) -> Iterator[tuple[tuple[int | str, ...], Tensor]]:
+    """(path, tensor) for every tensor inside nested tuples/lists/dicts."""
+    if isinstance(obj, _TENSOR):
+        yield path, obj
+    elif isinstance(obj, (tuple, list)):
+        for i, x in enumerate(obj):
+            yield from _tensor_leaves(x, (*path, i))
+    elif isinstance(obj, dict):
+        for k, x in obj.items():
+            yield from _tensor_leaves(x, (*path, k))
+
+
+def _rebuild(obj: Any, path: tuple[int | str, ...], replaced: dict[tuple[int | str, ...], Tensor]) -> Any:
+    """``obj`` with the tensors at ``replaced``'s paths swapped in (same container types)."""
+    if path in replaced:
+        return replaced[path]
+    if isinstance(obj, (tuple, list)):
+        items = [_rebuild(x, (*path, i), replaced) for i, x in enumerate(obj)]
+        if isinstance(obj, list):
+            return type(obj)(items) if type(obj) is not list else items
+        if hasattr(obj, "_fields"):  # namedtuple (e.g. torch.return_types.max)
+            return type(obj)(*items)
+        try:
+            return type(obj)(items)
+        except TypeError:
+            return tuple(items)
+    if isinstance(obj, dict):
+        new = dict(obj) if type(obj) is dict else obj.__class__(**obj)
+        for k in list(new.keys()):
+            new[k] = _rebuild(obj[k], (*path, k), replaced)
+        return new
+    return obj
+
+
+_TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
+
+
+def _user_frame() -> tuple[str, int, str] | None:
+    import sys
+
+    f = sys._getframe(3)
+    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR)
+                             or "/lens/capture/" in f.f_code.co_filename):
+        f = f.f_back  # type: ignore[assignment]
+    if f is None:
+        return None
+    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name)

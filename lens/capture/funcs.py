@@ -1,0 +1,95 @@
+"""Facts about torch callables, computed once per callable and cached.
+
+The capture engine asks, for every intercepted call, what the function is called, what
+its normalized op type is, and whether (and which argument) it modifies in place. The
+answers depend only on the callable, so they are cached in a dict keyed by it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, NamedTuple
+
+# Reflected operators whose op type is their forward twin (commutative ones only), and
+# reflected bitwise ones whose plain names would collide with torch functions.
+_REFLECTED = {
+    "__radd__": "add", "__rmul__": "mul", "__rand__": "and", "__ror__": "or",
+    "__rxor__": "xor",
+}
+# In-place dunder operators (modify their first argument).
+_INPLACE_DUNDERS = frozenset({
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__",
+    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
+    "__irshift__", "__imatmul__", "__setitem__",
+})
+
+
+class FuncInfo(NamedTuple):
+    name: str  # raw name ('max_pool2d', '__add__', 'T' for the Tensor.T property)
+    type: str  # normalized op type used in labels ('maxpool2d', 'add', 't')
+    inplace_arg: int | None  # the argument this call always modifies in place
+    inplace_flag: int | None  # position of an ``inplace=`` parameter, if any
+
+
+_CACHE: dict[Any, FuncInfo] = {}
+
+
+def func_name(func: Any) -> str:
+    """The plain name of a torch callable, including property getters."""
+    name = getattr(func, "__name__", None)
+    if name == "__get__":  # a property getter: Tensor.T.__get__ and friends
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", None) or "get"
+    if not isinstance(name, str):
+        name = type(func).__name__
+    return name
+
+
+def op_type(name: str) -> str:
+    """Normalized type for labels: lowercase, no underscores (labels use ``_`` as a separator)."""
+    name = _REFLECTED.get(name, name)
+    if name in _INPLACE_DUNDERS and name != "__setitem__":
+        name = name[3:-2]  # '__iadd__' -> 'add'
+    return name.replace("_", "").lower() or "op"
+
+
+def _inplace_flag_position(func: Any) -> int | None:
+    try:
+        params = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+    return params.index("inplace") if "inplace" in params else None
+
+
+def info(func: Any) -> FuncInfo:
+    """Cached :class:`FuncInfo` for ``func``."""
+    try:
+        return _CACHE[func]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable callable: compute each time
+        return _compute(func)
+    result = _compute(func)
+    _CACHE[func] = result
+    return result
+
+
+def _compute(func: Any) -> FuncInfo:
+    name = func_name(func)
+    inplace_arg = None
+    if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")):
+        inplace_arg = 0
+    flag = None if inplace_arg is not None else _inplace_flag_position(func)
+    return FuncInfo(name, op_type(name), inplace_arg, flag)
+
+
+def mutated_arg(fi: FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """Index of the positional argument this call modifies in place, or None."""
+    if fi.inplace_arg is not None:
+        return fi.inplace_arg if args else None
+    if fi.inplace_flag is not None:
+        if kwargs.get("inplace") is True:
+            return 0
+        if len(args) > fi.inplace_flag and args[fi.inplace_flag] is True:
+            return 0
+    return None

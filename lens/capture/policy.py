@@ -1,0 +1,50 @@
+"""Save policies and halting driven by selectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import SelectorError
+from ..selectors import Selector, coerce
+from .records import OpRecord
+
+# When each kind of selector can be decided; a selector is evaluated at the first stage
+# whose rank reaches its timing's rank.
+STAGE_RANK = {"live": 0, "module_exit": 1, "window": 2, "lookahead": 2, "final": 3}
+
+
+class SelectorPolicy:
+    """Keep the payloads of the ops a selector matches, deciding as early as possible."""
+
+    def __init__(self, selector: Selector, lookback: int = 0) -> None:
+        self.selector = selector
+        self.rank = STAGE_RANK[selector.timing]
+        # A lookahead selector with no window waits for the end of the pass (exact).
+        self.lookback = lookback if self.rank == 2 else 0
+
+    def decide(self, op: OpRecord, stage: str) -> bool | None:
+        rank = STAGE_RANK[stage]
+        if rank == 2 and not self.lookback:
+            return None
+        if rank >= self.rank or (self.rank == 1 and rank == 0 and op.output_of):
+            return bool(self.selector(op))
+        if self.rank == 1 and rank == 0:
+            # module selectors: ops outside every module call can never match
+            return None
+        return None
+
+    def __repr__(self) -> str:
+        return f"SelectorPolicy({self.selector!r})"
+
+
+def halt_predicate(spec: Any, addresses: set[str]) -> Callable[[OpRecord], bool]:
+    """A predicate for ``halt=``: selectors decidable while the model runs."""
+    sel = coerce(spec, module_addresses=addresses)
+    sel.validate(module_addresses=addresses)
+    if STAGE_RANK[sel.timing] > 1:
+        raise SelectorError(
+            f"halt={sel!r} needs information that only exists after the forward pass "
+            f"(timing {sel.timing!r}); halting needs a selector decidable as ops run, "
+            "such as tl.func(...), tl.in_module(...) or tl.module(...).")
+    return sel

@@ -1,0 +1,115 @@
+"""The hot-path records: one small object per executed op and per module call.
+
+Everything here is written while the model runs, so it stays minimal: references to
+parent ops, the argument template (tensors replaced by :class:`Ref`), the payload if the
+save policy wants it, and the module context as an interned tuple. Every other fact is
+derived later, in ``lens.trace``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+# The kind of a record. 'op' is an executed torch call; the others are graph sources
+# or sinks that lens adds itself.
+OP, INPUT, OUTPUT, BUFFER, CONSTANT, IDENTITY = (
+    "op",
+    "input",
+    "output",
+    "buffer",
+    "constant",
+    "identity",
+)
+
+
+class Ref(NamedTuple):
+    """Placeholder for a tensor argument: the op that produced it."""
+
+    op: int
+
+
+class ParamRef(NamedTuple):
+    """Placeholder for a parameter argument, by its qualified name in the model."""
+
+    name: str
+
+
+class ModuleCallRecord:
+    """One call of one module: where it sits and which ops it spans."""
+
+    __slots__ = ("address", "call_num", "class_name", "parent", "first_op", "last_op",
+                 "input_ops", "output_ops", "depth")
+
+    def __init__(self, address: str, call_num: int, class_name: str,
+                 parent: ModuleCallRecord | None, first_op: int, depth: int) -> None:
+        self.address = address
+        self.call_num = call_num
+        self.class_name = class_name
+        self.parent = parent
+        self.first_op = first_op
+        self.last_op = first_op - 1
+        self.input_ops: tuple[int, ...] = ()
+        self.output_ops: list[int] = []
+        self.depth = depth
+
+    @property
+    def key(self) -> str:
+        return f"{self.address}:{self.call_num}"
+
+    def __repr__(self) -> str:
+        return f"<module call {self.key} ({self.class_name})>"
+
+
+class OpRecord:
+    """One executed op (one tensor): written by the capture engine, read by ``lens.trace``.
+
+    ``lens.trace.Op`` subclasses this and adds the derived, user-facing properties; the
+    engine is given the class to instantiate, so no copy happens after capture.
+    """
+
+    __slots__ = (
+        "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
+        "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
+        "output_of", "params", "elapsed", "out_index", "call_id", "mutates",
+        "address", "fired", "code", "bool_used", "_ops", "_saved", "__weakref__",
+    )
+
+    def __init__(self, ops: list[Any], call_index: int, kind: str, func: Any,
+                 func_name: str, type_: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], parent_idx: tuple[int, ...],
+                 out: torch.Tensor | None, tensor: torch.Tensor | None,
+                 module_ctx: tuple[ModuleCallRecord, ...], params: tuple[str, ...],
+                 elapsed: float, out_index: tuple[int | str, ...], call_id: int,
+                 mutates: int | None, address: str | None = None) -> None:
+        self._ops = ops
+        self.call_index = call_index
+        self.kind = kind
+        self.func = func
+        self.func_name = func_name
+        self.type = type_
+        self.args = args
+        self.kwargs = kwargs
+        self.parent_idx = parent_idx
+        self.child_idx: list[int] = []
+        self.payload = out
+        self._saved = out is not None
+        if tensor is not None:
+            self.shape: tuple[int, ...] = tuple(tensor.shape)
+            self.dtype: torch.dtype | None = tensor.dtype
+            self.device: torch.device | None = tensor.device
+            self.requires_grad = tensor.requires_grad
+        else:
+            self.shape, self.dtype, self.device, self.requires_grad = (), None, None, False
+        self.module_ctx = module_ctx
+        self.output_of: list[ModuleCallRecord] = []
+        self.params = params
+        self.elapsed = elapsed
+        self.out_index = out_index
+        self.call_id = call_id
+        self.mutates = mutates
+        self.address = address
+        self.fired: list[Any] = []
+        self.code: Any = None
+        self.bool_used = False

@@ -1,0 +1,98 @@
+"""Running a model under the recorder: argument checks, inputs, outputs, error notes."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CaptureError, ModelTypeError
+from .engine import Halt, Recorder, _tensor_leaves
+
+_HOW_TO_CALL = (
+    "Call it as tl.trace(model, *args, input_kwargs={...}) with the arguments model.forward "
+    "takes."
+)
+
+
+def check_model(model: Any) -> None:
+    """Refuse what lens cannot trace, saying what to pass instead."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelTypeError(
+            f"{type(model).__name__} is a TorchScript module: its ops run inside the "
+            "TorchScript interpreter, where lens cannot see them. Trace the eager "
+            "nn.Module you scripted instead (before torch.jit.script/trace).")
+    dynamo = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
+    optimized = getattr(dynamo, "OptimizedModule", None)
+    if optimized is not None and isinstance(model, optimized):
+        raise ModelTypeError(
+            "This model was wrapped by torch.compile; compiled graphs hide their ops from "
+            "lens. Trace the original module instead: tl.trace(model._orig_mod, ...).")
+    if getattr(model, "_torchdynamo_orig_callable", None) is not None:
+        raise ModelTypeError(
+            "This function was wrapped by torch.compile; trace the original function "
+            "instead (compiled graphs hide their ops from lens).")
+    if not isinstance(model, nn.Module) and not callable(model):
+        raise ModelTypeError(
+            f"tl.trace needs an nn.Module (or a callable running torch code); got "
+            f"{type(model).__name__}. Pass the model object itself, e.g. tl.trace(model, x).")
+
+
+def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> list[tuple[str, Tensor]]:
+    """Check the inputs against ``forward``'s signature; return (address, tensor) leaves."""
+    fn = model.forward if isinstance(model, nn.Module) else model
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    named: list[tuple[str, Any]]
+    if sig is not None:
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            name = type(model).__name__
+            raise CaptureError(
+                f"The inputs do not fit {name}.forward{sig}: {e}. {_HOW_TO_CALL}") from None
+        named = list(bound.arguments.items())
+    else:
+        named = [(str(i), a) for i, a in enumerate(args)] + list(kwargs.items())
+    leaves = []
+    for name, value in named:
+        for path, t in _tensor_leaves(value, ()):
+            leaves.append((".".join([name, *map(str, path)]), t))
+    return leaves
+
+
+def run_forward(model: Any, rec: Recorder, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+    """Run ``model(*args, **kwargs)`` under ``rec``; returns the output (None if halted)."""
+    for address, t in bind_inputs(model, args, kwargs):
+        rec.add_input(t, address)
+    output = None
+    with rec.attached():
+        try:
+            output = model(*args, **kwargs)
+        except Halt:
+            return None
+        except Exception as e:  # the user's error: add where in the graph it happened
+            _add_note(e, rec)
+            raise
+    for path, t in _tensor_leaves(output, ()):
+        rec.add_output(t, ".".join(["output", *map(str, path)]))
+    return output
+
+
+def _add_note(e: BaseException, rec: Recorder) -> None:
+    note = "lens: the forward pass raised before any op was recorded."
+    ops = [op for op in rec.ops if op.kind == "op"]
+    if ops:
+        last = ops[-1]
+        where = last.module_ctx[-1].key if last.module_ctx else "the top level"
+        note = (f"lens: raised after op #{last.call_index} ({last.func_name}, "
+                f"{len(ops)} ops recorded), inside module {where}.")
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+

@@ -1,0 +1,63 @@
+"""The lens error tree.
+
+Every error lens raises is a :class:`LensError`; each concrete class also subclasses the
+builtin a caller would naturally catch (``KeyError`` for lookups, ``ValueError`` for bad
+arguments, ...), so ``except KeyError`` keeps working for code that predates lens.
+Messages say what was attempted, what was seen, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class LensError(Exception):
+    """Base class of every error raised by lens."""
+
+
+class LookupKeyError(LensError, KeyError):
+    """A label, module address or ordinal that names no op of the trace."""
+
+    def __str__(self) -> str:  # KeyError repr()s its message; show it plainly instead
+        return str(self.args[0]) if self.args else ""
+
+
+class SelectorError(LensError, ValueError):
+    """A selector that cannot be built or names something the model does not have."""
+
+
+class CaptureError(LensError, RuntimeError):
+    """Tracing could not run: unsupported model or inputs that do not fit ``forward``."""
+
+
+class ModelTypeError(LensError, TypeError):
+    """The object given as a model is not something lens can trace."""
+
+
+class PayloadError(LensError, RuntimeError):
+    """An activation was asked for that was not saved, or is ambiguous (several passes)."""
+
+
+class ReplayError(LensError, RuntimeError):
+    """Re-executing a recorded op failed; the message names the op and its capture site."""
+
+
+class InterventionError(LensError, ValueError):
+    """An intervention could not be applied (wrong shape/dtype/device, no site matched)."""
+
+
+class LoadError(LensError, ValueError):
+    """A saved trace or dataset could not be read safely."""
+
+
+class MissingDependencyError(LensError, ImportError):
+    """An optional dependency is needed; the message names the pip extra to install."""
+
+
+def close_matches(word: str, candidates: object, n: int = 5) -> list[str]:
+    """The candidates closest to ``word``, for "did you mean" hints in error messages."""
+    import difflib
+
+    pool = [str(c) for c in candidates]  # type: ignore[attr-defined]
+    hits = difflib.get_close_matches(str(word), pool, n=n, cutoff=0.5)
+    if not hits:
+        hits = [c for c in pool if str(word) in c][:n]
+    return hits

@@ -1,0 +1,159 @@
+"""Re-execute a recorded graph op by op, without running the model's Python.
+
+The shape is torch.fx's ``Interpreter``: values are keyed by op, each op kind has one
+overridable method, and a failure is re-raised as :class:`ReplayError` naming the op's
+label and, when recorded, the source line that ran it at capture time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, ParamRef, Ref
+from ..errors import PayloadError, ReplayError
+from ..trace import Op, Trace
+
+
+class Interpreter:
+    """Recompute ops of ``trace`` from their recorded functions.
+
+    ``values`` maps call indices to tensors that replace recorded payloads (edits, or
+    values computed earlier). Ops not recomputed are read from their saved payloads.
+    """
+
+    def __init__(self, trace: Trace, values: Mapping[int, Tensor] | None = None,
+                 params: Mapping[str, Tensor] | None = None) -> None:
+        self.trace = trace
+        self.env: dict[int, Tensor] = dict(values or {})
+        self.params = params if params is not None else trace.param_values
+        self._calls: dict[int, Any] = {}  # call_id -> raw output of a multi-output call
+
+    # ------------------------------------------------------------------ values
+    def value(self, call_index: int) -> Tensor:
+        v = self.env.get(call_index)
+        if v is not None:
+            return v
+        op = self.trace._by_call.get(call_index)
+        if op is None or op.payload is None:
+            label = op.label if op is not None else f"#{call_index}"
+            raise PayloadError(
+                f"Replay needs the saved output of {label}, but it was not saved. "
+                "Re-capture with tl.trace(model, x, intervention_ready=True) (or save=True) "
+                "so replay can read every op it does not recompute.")
+        return op.payload
+
+    def materialize(self, template: Any) -> Any:
+        """Turn an argument template back into values."""
+        if isinstance(template, Ref):
+            return self.value(template.op)
+        if isinstance(template, ParamRef):
+            return self.params[template.name]
+        t = type(template)
+        if t is tuple:
+            return tuple([self.materialize(x) for x in template])
+        if t is list:
+            return [self.materialize(x) for x in template]
+        return template
+
+    # ------------------------------------------------------------------ running
+    def run(self, ops: Iterable[Op]) -> dict[int, Tensor]:
+        """Recompute ``ops`` (in execution order); returns the environment."""
+        for op in ops:
+            self.env[op.call_index] = self.run_op(op)
+        return self.env
+
+    def run_op(self, op: Op) -> Tensor:
+        try:
+            kind = op.kind
+            if kind == OP:
+                return self.call_function(op)
+            if kind in (OUTPUT, IDENTITY):
+                return self.value(op.parent_idx[0])
+            if kind in (INPUT, BUFFER, CONSTANT):
+                return self.value(op.call_index)
+            raise ReplayError(f"Unknown op kind {kind!r} at {op.label}.")
+        except (ReplayError, PayloadError):
+            raise
+        except Exception as e:
+            where = ""
+            if op.code is not None:
+                where = f" Recorded at {op.code[0]}:{op.code[1]} in {op.code[2]}()."
+            raise ReplayError(
+                f"Replaying {op.label} ({op.func_name}) failed: {type(e).__name__}: {e}."
+                f"{where}") from e
+
+    def call_function(self, op: Op) -> Tensor:
+        cached = self._calls.get(op.call_id)
+        if cached is None:
+            args = self.materialize(op.args)
+            kwargs = {k: self.materialize(v) for k, v in op.kwargs.items()}
+            mutated = op.mutates
+            if mutated is not None and isinstance(args[mutated], Tensor):
+                args = list(args)
+                args[mutated] = args[mutated].clone()  # never write into a saved payload
+                args = tuple(args)
+            if isinstance(kwargs.get("out"), Tensor):
+                kwargs["out"] = kwargs["out"].clone()
+            out = op.func(*args, **kwargs)
+            if out is None and mutated is not None:
+                out = args[mutated]
+            if op.out_index:
+                self._calls[op.call_id] = out
+            cached = out
+        if op.out_index:
+            for k in op.out_index:
+                cached = cached[k]
+        return cached  # type: ignore[no-any-return]
+
+
+def downstream(trace: Trace, sources: Iterable[int]) -> list[Op]:
+    """Ops whose value depends on any of ``sources`` (call indices), sources excluded."""
+    dirty = set(sources)
+    cone = []
+    start = min(dirty, default=None)
+    if start is None:
+        return cone
+    for op in trace.ops:
+        if op.call_index <= start or op.call_index in dirty:
+            continue
+        if any(p in dirty for p in op.parent_idx):
+            dirty.add(op.call_index)
+            cone.append(op)
+    return cone
+
+
+def is_stochastic(op: Op) -> bool:
+    """Ops whose recomputation draws new random numbers."""
+    name = op.func_name
+    if name in _RANDOM:
+        return True
+    if "dropout" in name:
+        training = op.kwargs.get("training", op.args[2] if len(op.args) > 2 else True)
+        p = op.kwargs.get("p", op.args[1] if len(op.args) > 1 else 0.5)
+        return bool(training) and p != 0
+    if name == "scaled_dot_product_attention":
+        p = op.kwargs.get("dropout_p", op.args[4] if len(op.args) > 4 else 0.0)
+        return bool(p)
+    return False
+
+
+_RANDOM = frozenset({
+    "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like",
+    "bernoulli", "bernoulli_", "multinomial", "normal", "normal_", "uniform_", "poisson",
+    "exponential_", "geometric_", "log_normal_", "cauchy_", "random_", "rrelu", "rrelu_",
+})
+
+
+def tensors_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.device != b.device:
+            b = b.to(a.device)
+        return bool(torch.equal(a, b)) or bool(
+            a.is_floating_point() and torch.allclose(a, b, equal_nan=True, rtol=0, atol=0))
+    return a is b or a == b

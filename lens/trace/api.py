@@ -1,0 +1,135 @@
+"""``tl.trace``: run a model once under the capture engine and return a :class:`Trace`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture.policy import SelectorPolicy, halt_predicate
+from ..errors import CaptureError
+from ..selectors import Selector, coerce
+from . import postprocess
+from .op import Op
+from .trace import Trace
+
+
+def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
+          save: Any = True, detach: bool = False, device: Any = None, dtype: Any = None,
+          halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
+          detect_loops: bool = True, lookback: int | None = None,
+          code_context: bool = False, intervention_ready: bool = False,
+          save_grads: Any = False) -> Trace:
+    """Run ``model(*args, **input_kwargs)`` once and record every tensor op.
+
+    ``save`` chooses which payloads to keep (True, False, a selector, or a list of labels,
+    module addresses, ordinals and substrings); metadata is kept for every op regardless.
+    ``halt`` stops the forward right after the first op a selector matches.
+    ``intervene`` takes ``tl.when(...)`` rules (or a list) applied to ops as they run.
+    """
+    check_model(model)
+    kwargs = dict(input_kwargs or {})
+    addresses = _module_addresses(model)
+    save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
+    halt_fn = halt_predicate(halt, addresses) if halt is not None else None
+    interceptors = _interceptors(intervene, addresses)
+    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+                   policy=policy, interceptors=interceptors, halt=halt_fn,
+                   payload=PayloadOptions(detach, device, dtype), code_context=code_context)
+    t0 = perf_counter()
+    output = run_forward(model, rec, args, kwargs)
+    elapsed = perf_counter() - t0
+    result = build(rec, model, output, save_sel if save_sel is not None else save,
+                   elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
+    result.options.update(intervention_ready=intervention_ready, save_grads=save_grads)
+    if save_grads:
+        from .grads import attach_grad_hooks
+
+        attach_grad_hooks(result, save_grads, addresses)
+    return result
+
+
+def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float, *,
+          keep_orphans: bool = False, detect_loops: bool = True) -> Trace:
+    """Postprocess a finished recording into a Trace."""
+    ops = postprocess.kept_ops(rec.ops, keep_orphans or rec.halted)  # type: ignore[arg-type]
+    grouper = _grouper(detect_loops)
+    layers = postprocess.assign_labels(ops, grouper(ops))
+    module_info, param_meta, param_values = _model_info(model)
+    result = Trace(ops=ops, layers=layers, model_name=_model_name(model),
+                   module_calls=rec.module_calls, module_info=module_info,
+                   param_meta=param_meta, param_values=param_values, output=output,
+                   save_spec=save_spec, halted=rec.halted, elapsed=elapsed,
+                   options={"keep_orphans": keep_orphans, "detect_loops": detect_loops})
+    rec.finish()
+    return result
+
+
+def _grouper(detect_loops: bool) -> Callable[[list[Op]], list[int]]:
+    try:
+        from .loops import find_layers
+    except ImportError:
+        return postprocess.singleton_groups
+    return lambda ops: find_layers(ops, detect_loops=detect_loops)
+
+
+def _policy(save: Any, addresses: set[str], lookback: int | None,
+            intervention_ready: bool) -> tuple[Selector | None, Any]:
+    if save is True:
+        return None, SaveAll()
+    if save is False or save is None:
+        return None, SaveNone() if not intervention_ready else SaveAll()
+    sel = coerce(save, module_addresses=addresses)
+    sel.validate(module_addresses=addresses)
+    if intervention_ready:
+        return sel, SaveAll()
+    return sel, SelectorPolicy(sel, lookback or 0)
+
+
+def _interceptors(intervene: Any, addresses: set[str]) -> tuple[Any, ...]:
+    if intervene is None:
+        return ()
+    rules = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]
+    for r in rules:
+        if not callable(r):
+            raise CaptureError(
+                f"intervene= takes tl.when(selector, action) rules; got {type(r).__name__}.")
+        check = getattr(r, "validate", None)
+        if check is not None:
+            check(module_addresses=addresses)
+    return tuple(rules)
+
+
+def _module_addresses(model: Any) -> set[str]:
+    if isinstance(model, nn.Module):
+        return {name for name, _ in model.named_modules() if name}
+    return set()
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, nn.Module):
+        return type(model).__name__
+    return getattr(model, "__name__", type(model).__name__)
+
+
+def _model_info(model: Any) -> tuple[dict[str, tuple[str, tuple[str, ...]]],
+                                     dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
+                                     dict[str, torch.Tensor]]:
+    if not isinstance(model, nn.Module):
+        return {}, {}, {}
+    info: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        direct = tuple(f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False))
+        info[name] = (type(m).__name__, direct)
+    meta = {}
+    values = {}
+    for name, p in model.named_parameters():
+        meta[name] = (tuple(p.shape), p.numel(), p.dtype, p.requires_grad)
+        values[name] = p
+    return info, meta, values

@@ -1,0 +1,99 @@
+"""After the forward pass: trim orphans, group ops into layers (passes), assign labels.
+
+All steps are linear (or near-linear) in the number of ops and run once per trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..capture.records import INPUT, OUTPUT
+from .op import Layer, Op
+
+# A grouping function returns, for each kept op (in order), the index of its layer's
+# first op: ops sharing that value are passes of one layer.
+Grouper = Callable[[Sequence[Op]], list[int]]
+
+
+def kept_ops(ops: Sequence[Op], keep_orphans: bool) -> list[Op]:
+    """Drop orphans: ops neither computed from an input nor feeding an output.
+
+    Whatever is kept stays closed under parents, so every kept op can be recomputed.
+    """
+    if keep_orphans:
+        return list(ops)
+    n = len(ops)
+    from_input = [False] * n
+    for op in ops:  # ops are in call order, so parents come first
+        if op.kind == INPUT or any(from_input[p] for p in op.parent_idx):
+            from_input[op.call_index] = True
+    to_output = [False] * n
+    for op in reversed(ops):
+        if op.kind == OUTPUT or any(to_output[c] for c in op.child_idx):
+            to_output[op.call_index] = True
+    keep = [a or b for a, b in zip(from_input, to_output)]
+    for op in reversed(ops):  # close under parents
+        if keep[op.call_index]:
+            for p in op.parent_idx:
+                keep[p] = True
+    kept = [op for op in ops if keep[op.call_index]]
+    if len(kept) < n:
+        for op in kept:
+            if op.child_idx:
+                op.child_idx = [c for c in op.child_idx if keep[c]]
+    return kept
+
+
+def singleton_groups(ops: Sequence[Op]) -> list[int]:
+    """No grouping: every op is its own layer (one pass)."""
+    return list(range(len(ops)))
+
+
+def assign_labels(ops: Sequence[Op], groups: list[int]) -> list[Layer]:
+    """Create layers and number them: ``{type}_{type_num}_{total_num}``.
+
+    Numbers follow first appearance in execution order; ``total_num`` counts every layer
+    (inputs, buffers and outputs included), so the first op after one input is ``_1``.
+    """
+    layers: list[Layer] = []
+    by_first: dict[int, Layer] = {}
+    type_counts: dict[str, int] = {}
+    for i, op in enumerate(ops):
+        op.index = i
+        first = groups[i]
+        layer = by_first.get(first)
+        if layer is None:
+            n = type_counts.get(op.type, 0) + 1
+            type_counts[op.type] = n
+            total = len(layers)
+            short = f"{op.type}_{n}"
+            full = short if op.kind in _SHORT_KINDS else f"{short}_{total}"
+            layer = Layer(full, short, op.type, total)
+            by_first[first] = layer
+            layers.append(layer)
+        layer.passes.append(op)
+        op.layer = layer
+        op.pass_num = len(layer.passes)
+    return layers
+
+
+# Sources and sinks are labelled by their short form (``input_1``, ``output_1``).
+_SHORT_KINDS = frozenset({INPUT, OUTPUT, "buffer"})
+
+
+def op_keys(op: Op) -> frozenset[str]:
+    """The string lookup keys of one op."""
+    layer = op.layer
+    multi = len(layer.passes) > 1
+    k = op.pass_num
+    keys = {f"{layer.label}:{k}", f"{layer.short_label}:{k}"}
+    if not multi:
+        keys.update((layer.label, layer.short_label))
+    if layer.label == layer.short_label:  # sources/sinks also answer to the full form
+        full = f"{layer.short_label}_{layer.total_num}"
+        keys.update((f"{full}:{k}",) if multi else (full, f"{full}:{k}"))
+    if op.kind == INPUT and op.address:
+        keys.add(op.address if op.address.startswith("input") else f"input.{op.address}")
+    for call in op.output_of:
+        keys.add(call.key)
+    return frozenset(keys)

@@ -1,0 +1,200 @@
+"""``Trace``: the recorded forward pass users hold, index, summarize and tabulate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord
+from ..errors import LookupKeyError, close_matches
+from . import fmt
+from .modules import ModuleRecord, Modules, ParamRecord, Params
+from .op import Layer, Op, OpGroup
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class Trace:
+    """Every op of one forward pass, with labels, modules and (saved) payloads.
+
+    Index it with a label (``'conv2d_3_7'``, ``'conv2d_3'``, ``'linear_1_1:2'``), a module
+    address (``'features.6'``, ``'fc:2'``) or an ordinal (``7``, ``-1``).
+    """
+
+    def __init__(self, *, ops: list[Op], layers: list[Layer], model_name: str,
+                 module_calls: list[ModuleCallRecord], module_info: dict[str, tuple[str, tuple[str, ...]]],
+                 param_meta: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
+                 param_values: dict[str, torch.Tensor], output: Any, save_spec: Any,
+                 halted: bool, elapsed: float, options: dict[str, Any]) -> None:
+        self.ops = ops
+        self.layer_list = layers
+        self.model_name = model_name
+        self.module_calls = module_calls
+        self.module_info = module_info  # address -> (class name, direct param names)
+        self.param_meta = param_meta  # name -> (shape, numel, dtype, requires_grad)
+        self.param_values = param_values
+        self.output = output
+        self.save_spec = save_spec
+        self.halted = halted
+        self.elapsed = elapsed
+        self.options = options
+        self._by_call = {op.call_index: op for op in ops}
+        for op in ops:
+            op.trace = self
+
+    # ------------------------------------------------------------------ lookup
+    @cached_property
+    def _lookup(self) -> dict[str, Op | Layer | OpGroup]:
+        table: dict[str, Op | Layer | OpGroup] = {}
+        for layer in self.layer_list:
+            if len(layer.passes) > 1:
+                table[layer.label] = layer
+                table[layer.short_label] = layer
+        for op in self.ops:
+            for key in op.labels:
+                table.setdefault(key, op)
+        by_address: dict[str, list[Op]] = {}
+        for call in self.module_calls:
+            for i in call.output_ops:
+                op = self._by_call.get(i)
+                if op is not None:
+                    by_address.setdefault(call.address, []).append(op)
+        for address, found in by_address.items():
+            found = list(dict.fromkeys(found))
+            table[address] = found[0] if len(found) == 1 else OpGroup(address, found)
+        return table
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise LookupKeyError(
+                f"Index a trace with a label (str), module address (str) or ordinal (int); "
+                f"got {type(key).__name__}.")
+        if isinstance(key, int):
+            try:
+                return self.ops[key]
+            except IndexError:
+                raise LookupKeyError(
+                    f"Ordinal {key} is out of range: this trace has {len(self.ops)} ops "
+                    f"(valid: {-len(self.ops)} .. {len(self.ops) - 1}).") from None
+        hit = self._lookup.get(key)
+        if hit is not None:
+            return hit
+        raise LookupKeyError(self._miss_message(key))
+
+    def _miss_message(self, key: str) -> str:
+        near = close_matches(key, self._lookup.keys())
+        hint = f" Closest keys: {', '.join(near)}." if near else ""
+        if key in self.module_info:
+            return (f"Module {key!r} exists but produced no recorded output in this pass "
+                    f"(never called, or halted before it).{hint}")
+        return (f"{key!r} names no op of this trace.{hint} Keys are labels such as "
+                f"{self.ops[min(1, len(self.ops) - 1)].label!r}, module addresses, or ordinals; "
+                "see trace.layer_labels.")
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, int) and not isinstance(key, bool):
+            return -len(self.ops) <= key < len(self.ops)
+        return isinstance(key, str) and key in self._lookup
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops)
+
+    def keys(self) -> list[str]:
+        return list(self._lookup)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def labels(self) -> list[str]:
+        """Op labels in execution order (with ``:k`` for passes of multi-pass layers)."""
+        return [op.label for op in self.ops]
+
+    @property
+    def layer_labels(self) -> list[str]:
+        """Labels of the ops that hold a saved payload, in execution order."""
+        return [op.label for op in self.ops if op.payload is not None]
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self.layer_list)
+
+    @property
+    def input_layers(self) -> list[str]:
+        return [op.label for op in self.ops if op.kind == INPUT]
+
+    @property
+    def output_layers(self) -> list[str]:
+        return [op.label for op in self.ops if op.kind == OUTPUT]
+
+    @property
+    def buffer_layers(self) -> list[str]:
+        return [op.label for op in self.ops if op.kind == BUFFER]
+
+    @property
+    def is_recurrent(self) -> bool:
+        return any(len(layer.passes) > 1 for layer in self.layer_list)
+
+    @property
+    def max_passes(self) -> int:
+        return max((len(layer.passes) for layer in self.layer_list), default=0)
+
+    @cached_property
+    def modules(self) -> Modules:
+        return Modules(self)
+
+    @cached_property
+    def params(self) -> Params:
+        return Params(self)
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.ops)
+
+    @property
+    def total_nbytes(self) -> int:
+        return sum(op.nbytes for op in self.ops)
+
+    @property
+    def saved_nbytes(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for op in self.ops:
+            p = op.payload
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+        return total
+
+    @property
+    def num_params(self) -> int:
+        return sum(m[1] for m in self.param_meta.values())
+
+    # ------------------------------------------------------------------ output
+    def summary(self, depth: int = 1) -> str:
+        """Module table (output shape, params, ops) and totals, as text."""
+        return fmt.summary(self, depth)
+
+    def __str__(self) -> str:
+        return fmt.trace_report(self)
+
+    def __repr__(self) -> str:
+        return (f"<Trace of {self.model_name}: {len(self.ops)} ops, "
+                f"{fmt.nbytes(self.saved_nbytes)} saved>")
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per op."""
+        from .tables import ops_frame
+
+        return ops_frame(self)
+
+    def module_record(self, address: str) -> ModuleRecord:
+        return self.modules[address]
+
+    def param_record(self, name: str) -> ParamRecord:
+        return self.params[name]
