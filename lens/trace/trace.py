@@ -10,7 +10,7 @@ import torch
 
 from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord
 from ..errors import LookupKeyError, close_matches
-from . import fmt
+from . import ext, fmt
 from .modules import ModuleRecord, Modules, ParamRecord, Params
 from .op import Layer, Op, OpGroup
 
@@ -198,3 +198,24 @@ class Trace:
 
     def param_record(self, name: str) -> ParamRecord:
         return self.params[name]
+
+    # ------------------------------------------------------------------ extensions
+    # Implemented by rooms to the right of ``trace`` and registered in ``trace.ext``.
+    def draw(self, path: str | None = None, **options: Any) -> str:
+        """Render the graph with graphviz; returns the path written (see ``lens.draw``)."""
+        return ext.call("draw", self, path, **options)  # type: ignore[no-any-return]
+
+    def _repr_svg_(self) -> str:
+        return ext.call("svg", self)  # type: ignore[no-any-return]
+
+    def log_backward(self, loss: torch.Tensor, **options: Any) -> None:
+        """Run ``loss.backward()`` and store per-op gradients (``op.grad``)."""
+        ext.call("log_backward", self, loss, **options)
+
+    def fork(self) -> Any:
+        """A copy that shares every payload, for editing and replay (see interventions)."""
+        return ext.call("fork", self)
+
+    def find_sites(self, selector: Any) -> list[str]:
+        """Labels of the ops a selector matches."""
+        return ext.call("find_sites", self, selector)  # type: ignore[no-any-return]
