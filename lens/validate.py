@@ -47,6 +47,7 @@ class ValidationReport:
     perturbed: int = 0
     exempt: list[tuple[str, str]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     trace: Trace | None = None
 
     @property
@@ -61,6 +62,7 @@ class ValidationReport:
                 f"({self.checked} ops recomputed, {self.perturbed} perturbation checks, "
                 f"{len(self.exempt)} exempt).")
         lines = [head] + [f"  FAIL {label}: {why}" for label, why in self.failures]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -95,7 +97,17 @@ def _check_outputs(tr: Trace, expected: Any, report: ValidationReport) -> None:
                                           f"recorded {len(outs)} outputs"))
         return
     for t, op in zip(leaves, outs):
-        if not tensors_equal(t, op.out):
+        if tensors_equal(t, op.out):
+            continue
+        got = op.out
+        if (t.is_floating_point() and t.shape == got.shape
+                and torch.allclose(t, got, rtol=1e-5, atol=1e-6, equal_nan=True)):
+            # Some modules pick a fused kernel only when no torch function mode is active
+            # (nn.MultiheadAttention's fast path); the results agree to rounding.
+            diff = (t - got).abs().max().item()
+            report.notes.append(f"{op.label}: traced output equals an untraced run up to "
+                                f"{diff:.2e} (a fused fast path is skipped while tracing)")
+        else:
             report.failures.append((op.label, "traced output differs from an untraced run"))
 
 
@@ -122,8 +134,9 @@ def _check_op(tr: Trace, op: Op, report: ValidationReport, perturb: bool,
         p = parent.out
         if not isinstance(p, Tensor) or not p.is_floating_point() or p.numel() == 0:
             continue
+        spread = p.detach().float().std().nan_to_num(1.0).item() if p.numel() > 1 else 1.0
         noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) * (
-            p.detach().float().std().nan_to_num(1.0).clamp_min(1e-3).item() + 1.0) + 0.5
+            max(spread, 1e-3) + 1.0) + 0.5
         perturbed = Interpreter(tr, values={parent_call: noise})
         try:
             changed = perturbed.call_function(op)

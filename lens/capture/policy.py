@@ -7,7 +7,6 @@ from typing import Any
 
 from ..errors import SelectorError
 from ..selectors import Selector, coerce
-from .records import OpRecord
 
 # When each kind of selector can be decided; a selector is evaluated at the first stage
 # whose rank reaches its timing's rank.
@@ -22,23 +21,31 @@ class SelectorPolicy:
         self.rank = STAGE_RANK[selector.timing]
         # A lookahead selector with no window waits for the end of the pass (exact).
         self.lookback = lookback if self.rank == 2 else 0
+        self._bound: Selector | None = None
 
-    def decide(self, op: OpRecord, stage: str) -> bool | None:
+    def decide(self, op: Any, stage: str) -> bool | None:
         rank = STAGE_RANK[stage]
         if rank == 2 and not self.lookback:
             return None
-        if rank >= self.rank or (self.rank == 1 and rank == 0 and op.output_of):
+        if rank == 3:
+            return bool(self._final(op)(op))
+        if rank >= self.rank:
             return bool(self.selector(op))
-        if self.rank == 1 and rank == 0:
-            # module selectors: ops outside every module call can never match
-            return None
         return None
+
+    def _final(self, op: Any) -> Selector:
+        """At the end ordinals (``-5``) can be bound to positions in the finished trace."""
+        if self._bound is None:
+            trace = getattr(op, "trace", None)
+            ops = trace.ops if trace is not None else []
+            self._bound = self.selector.bind_ordinals(ops)
+        return self._bound
 
     def __repr__(self) -> str:
         return f"SelectorPolicy({self.selector!r})"
 
 
-def halt_predicate(spec: Any, addresses: set[str]) -> Callable[[OpRecord], bool]:
+def halt_predicate(spec: Any, addresses: set[str]) -> Callable[[Any], bool]:
     """A predicate for ``halt=``: selectors decidable while the model runs."""
     sel = coerce(spec, module_addresses=addresses)
     sel.validate(module_addresses=addresses)

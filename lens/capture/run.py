@@ -90,9 +90,10 @@ def _add_note(e: BaseException, rec: Recorder) -> None:
     ops = [op for op in rec.ops if op.kind == "op"]
     if ops:
         last = ops[-1]
-        where = last.module_ctx[-1].key if last.module_ctx else "the top level"
+        where = (f"inside module {last.module_ctx[-1].key}" if last.module_ctx
+                 else "at the top level of forward")
         note = (f"lens: raised after op #{last.call_index} ({last.func_name}, "
-                f"{len(ops)} ops recorded), inside module {where}.")
+                f"{len(ops)} ops recorded), {where}.")
     if hasattr(e, "add_note"):
         e.add_note(note)
 

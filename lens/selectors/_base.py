@@ -98,8 +98,9 @@ class Selector:
         for node in self.walk():
             node._check(addresses, known_labels)
 
-    def _check(self, module_addresses: frozenset[str] | None,
-               labels: frozenset[str] | None) -> None:
+    def _check(
+        self, module_addresses: frozenset[str] | None, labels: frozenset[str] | None
+    ) -> None:
         """Raise :class:`SelectorError` if this node (not its operands) names unknowns."""
 
     def bind_ordinals(self, ops: Sequence[OpLike]) -> Selector:
@@ -109,7 +110,7 @@ class Selector:
         Python-style (``-1`` is the last op).
         """
         new = tuple(part.bind_ordinals(ops) for part in self.operands)
-        if all(a is b for a, b in zip(new, self.operands)):
+        if all(a is b for a, b in zip(new, self.operands, strict=True)):
             return self
         return self._with_operands(new)
 
@@ -158,6 +159,9 @@ class Everything(Selector):
     def __invert__(self) -> Selector:
         return NONE
 
+    def __reduce__(self) -> str:
+        return "ALL"  # unpickles as the module's singleton
+
     def __repr__(self) -> str:
         return "tl.everything()"
 
@@ -171,6 +175,9 @@ class Nothing(Selector):
 
     def __invert__(self) -> Selector:
         return ALL
+
+    def __reduce__(self) -> str:
+        return "NONE"  # unpickles as the module's singleton
 
     def __repr__(self) -> str:
         return "tl.nothing()"
@@ -191,8 +198,10 @@ def nothing() -> Nothing:
 
 
 def _check_parts(kind: str, parts: object, builder: str) -> None:
-    if not isinstance(parts, tuple) or len(parts) < 2 or not all(
-        isinstance(p, Selector) for p in parts
+    if (
+        not isinstance(parts, tuple)
+        or len(parts) < 2
+        or not all(isinstance(p, Selector) for p in parts)
     ):
         raise SelectorError(
             f"{kind}(...) needs a tuple of at least two selectors, got {parts!r}. "

@@ -13,14 +13,30 @@ from lens.selectors._protocol import TIMINGS, OpLike, Timing
 
 # Kept in step with lens.capture.funcs.op_type, which decides the types ops carry.
 _REFLECTED = {
-    "__radd__": "add", "__rmul__": "mul", "__rand__": "and", "__ror__": "or",
+    "__radd__": "add",
+    "__rmul__": "mul",
+    "__rand__": "and",
+    "__ror__": "or",
     "__rxor__": "xor",
 }
-_INPLACE_DUNDERS = frozenset({
-    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__",
-    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
-    "__irshift__", "__imatmul__",
-})
+_INPLACE_DUNDERS = frozenset(
+    {
+        "__iadd__",
+        "__isub__",
+        "__imul__",
+        "__itruediv__",
+        "__idiv__",
+        "__ifloordiv__",
+        "__imod__",
+        "__ipow__",
+        "__iand__",
+        "__ior__",
+        "__ixor__",
+        "__ilshift__",
+        "__irshift__",
+        "__imatmul__",
+    }
+)
 
 
 def normalize_op_type(name: str) -> str:
@@ -36,8 +52,9 @@ def normalize_op_type(name: str) -> str:
     return name.replace("_", "").lower()
 
 
-def _tuple_of(kind: str, values: object,
-              check: Callable[[object], str | None]) -> tuple[object, ...]:
+def _tuple_of(
+    kind: str, values: object, check: Callable[[object], str | None]
+) -> tuple[object, ...]:
     if not isinstance(values, tuple) or not values:
         raise SelectorError(f"{kind}() needs at least one argument, got none.")
     for value in values:
@@ -100,8 +117,10 @@ def _position_problem(value: object) -> str | None:
 def _index_problem(value: object) -> str | None:
     problem = _position_problem(value)
     if problem is None and isinstance(value, int) and value < 0:
-        return ("call order counts from 0 and cannot be negative; to count from the end "
-                f"of the finished trace use tl.ordinal({value}).")
+        return (
+            "call order counts from 0 and cannot be negative; to count from the end "
+            f"of the finished trace use tl.ordinal({value})."
+        )
     return problem
 
 

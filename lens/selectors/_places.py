@@ -53,8 +53,7 @@ def _require_str(kind: str, value: object, what: str) -> str:
     return value
 
 
-def _check_address(sel: Selector, address: str,
-                   module_addresses: frozenset[str] | None) -> None:
+def _check_address(sel: Selector, address: str, module_addresses: frozenset[str] | None) -> None:
     if module_addresses is None:
         return
     base, _ = split_call(address)
@@ -82,8 +81,9 @@ class Module(Selector):
     def timing(self) -> Timing:
         return "module_exit"
 
-    def _check(self, module_addresses: frozenset[str] | None,
-               labels: frozenset[str] | None) -> None:
+    def _check(
+        self, module_addresses: frozenset[str] | None, labels: frozenset[str] | None
+    ) -> None:
         _check_address(self, self.address, module_addresses)
 
     def __repr__(self) -> str:
@@ -122,8 +122,9 @@ class InModule(Selector):
     def timing(self) -> Timing:
         return "live"
 
-    def _check(self, module_addresses: frozenset[str] | None,
-               labels: frozenset[str] | None) -> None:
+    def _check(
+        self, module_addresses: frozenset[str] | None, labels: frozenset[str] | None
+    ) -> None:
         _check_address(self, self.address, module_addresses)
 
     def __repr__(self) -> str:
@@ -155,8 +156,9 @@ class Label(Selector):
     def timing(self) -> Timing:
         return "final"
 
-    def _check(self, module_addresses: frozenset[str] | None,
-               labels: frozenset[str] | None) -> None:
+    def _check(
+        self, module_addresses: frozenset[str] | None, labels: frozenset[str] | None
+    ) -> None:
         if labels is None:
             return
         for name in self.labels:
@@ -193,8 +195,9 @@ class LabelContains(Selector):
     def timing(self) -> Timing:
         return "final"
 
-    def _check(self, module_addresses: frozenset[str] | None,
-               labels: frozenset[str] | None) -> None:
+    def _check(
+        self, module_addresses: frozenset[str] | None, labels: frozenset[str] | None
+    ) -> None:
         if labels is not None and not any(self.substring in key for key in labels):
             raise SelectorError(
                 f"{self!r} matches no op: no label contains {self.substring!r}. "

@@ -73,8 +73,7 @@ def _coerce(spec: object, addresses: frozenset[str] | None) -> Selector:
         return any_of(*(_coerce(item, addresses) for item in spec))
     hint = " Wrap a function with tl.where(fn)." if callable(spec) else ""
     raise SelectorError(
-        f"Cannot select ops with {spec!r} ({type(spec).__name__}). Accepted: "
-        f"{_ACCEPTED}.{hint}"
+        f"Cannot select ops with {spec!r} ({type(spec).__name__}). Accepted: {_ACCEPTED}.{hint}"
     )
 
 

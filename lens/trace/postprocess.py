@@ -93,7 +93,7 @@ def op_keys(op: Op) -> frozenset[str]:
         full = f"{layer.short_label}_{layer.total_num}"
         keys.update((f"{full}:{k}",) if multi else (full, f"{full}:{k}"))
     if op.kind == INPUT and op.address:
-        keys.add(op.address if op.address.startswith("input") else f"input.{op.address}")
+        keys.add(f"input.{op.address}")
     for call in op.output_of:
         keys.add(call.key)
     return frozenset(keys)

@@ -1,0 +1,55 @@
+"""Shared test helpers: independent ground truth from plain PyTorch hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.models import ZOO, ZooCase
+
+
+def regular_cases() -> list[ZooCase]:
+    return [c for c in ZOO.values() if "bench" not in c.tags]
+
+
+def build(case: ZooCase) -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:
+    if "hf" in case.tags:
+        pytest.importorskip("transformers")
+    return case.build()
+
+
+def leaves(obj: Any) -> list[torch.Tensor]:
+    """Tensors inside nested tuples/lists/dicts, in order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for x in obj for t in leaves(x)]
+    if isinstance(obj, dict):
+        return [t for x in obj.values() for t in leaves(x)]
+    return []
+
+
+def hook_outputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 seed: int = 0) -> tuple[dict[str, list[list[torch.Tensor]]], Any]:
+    """Outputs of every module call, captured with plain register_forward_hook (cloned,
+    so later in-place ops cannot change them)."""
+    found: dict[str, list[list[torch.Tensor]]] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def hook(m: nn.Module, inp: Any, out: Any, name: str = name) -> None:
+            found.setdefault(name, []).append([t.detach().clone() for t in leaves(out)])
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        torch.manual_seed(seed)
+        out = model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return found, out
