@@ -10,12 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, NamedTuple
 
-# Reflected operators whose op type is their forward twin (commutative ones only), and
-# reflected bitwise ones whose plain names would collide with torch functions.
-_REFLECTED = {
-    "__radd__": "add", "__rmul__": "mul", "__rand__": "and", "__ror__": "or",
-    "__rxor__": "xor",
-}
+from ..selectors import normalize_op_type
+
 # In-place dunder operators (modify their first argument).
 _INPLACE_DUNDERS = frozenset({
     "__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__",
@@ -46,11 +42,11 @@ def func_name(func: Any) -> str:
 
 
 def op_type(name: str) -> str:
-    """Normalized type for labels: lowercase, no underscores (labels use ``_`` as a separator)."""
-    name = _REFLECTED.get(name, name)
-    if name in _INPLACE_DUNDERS and name != "__setitem__":
-        name = name[3:-2]  # '__iadd__' -> 'add'
-    return name.replace("_", "").lower() or "op"
+    """Normalized type for labels: lowercase, no underscores (labels use ``_`` as a separator).
+
+    The selectors' ``func(...)`` uses the same normalization, so the two always agree.
+    """
+    return normalize_op_type(name) or "op"
 
 
 def _inplace_flag_position(func: Any) -> int | None:
