@@ -65,7 +65,11 @@ class Trace:
                     by_address.setdefault(call.address, []).append(op)
         for address, found in by_address.items():
             found = list(dict.fromkeys(found))
-            table[address] = found[0] if len(found) == 1 else OpGroup(address, found)
+            if len(found) == 1:
+                table[address] = found[0]
+                found[0]._labels = found[0].labels | {address}
+            else:
+                table[address] = OpGroup(address, found)
         return table
 
     def __getitem__(self, key: int | str) -> Any:
