@@ -34,10 +34,12 @@ from .selectors import (
 )
 from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
 from .validate import ValidationReport, validate
+from .bundles import Bundle, bundle
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bundle",
     "CaptureError",
     "InterventionError",
     "Layer",
@@ -56,6 +58,7 @@ __all__ = [
     "Trace",
     "ValidationReport",
     "__version__",
+    "bundle",
     "everything",
     "followed_by",
     "func",
