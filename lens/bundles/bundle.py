@@ -74,10 +74,10 @@ class Bundle:
         name, fn = resolve(metric)
         rows = []
         for op in self.sites(selector):
-            b = op.out
+            b = op.out.detach()
             row: dict[str, Any] = {"site": op.label, "type": op.type, "module": op.module}
             for member in self.others:
-                other = self.traces[member].ops[op.index].out
+                other = self.traces[member].ops[op.index].out.detach()
                 row[member] = fn(other, b) if other.shape == b.shape else float("nan")
             rows.append(row)
         frame = pd.DataFrame(rows, columns=["site", "type", "module", *self.others])
