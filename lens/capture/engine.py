@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import funcs
+from .model_index import ModelIndex
 from .records import (
     BUFFER,
     CONSTANT,
@@ -104,7 +105,7 @@ class Recorder(TorchFunctionMode):
                  interceptors: tuple[Interceptor, ...] = (),
                  halt: Callable[[OpRecord], bool] | None = None,
                  payload: PayloadOptions | None = None,
-                 code_context: bool = False) -> None:
+                 code_context: bool = False, index: ModelIndex | None = None) -> None:
         super().__init__()
         self.model = model
         self.cls = record_cls
@@ -119,21 +120,15 @@ class Recorder(TorchFunctionMode):
         self.code_context = code_context
         self.pending: dict[int, Tensor] = {}  # undecided payloads, by op index
         self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor]]] = {}
-        self.params: dict[int, str] = {}
-        self.buffers: dict[int, tuple[str, Tensor]] = {}
-        self.module_names: dict[int, str] = {}
+        self.index = index if index is not None else ModelIndex(model)
+        self.params = self.index.params
+        self.buffers = self.index.buffers
+        self.module_names = self.index.module_names
         self.module_calls: list[ModuleCallRecord] = []
         self.call_counts: dict[str, int] = {}
         self.ctx: tuple[ModuleCallRecord, ...] = ()
         self.next_call_id = 0
         self.halted = False
-        if model is not None:
-            for name, p in model.named_parameters(remove_duplicate=True):
-                self.params[id(p)] = name
-            for name, b in model.named_buffers(remove_duplicate=True):
-                self.buffers[id(b)] = (name, b)
-            for name, m in model.named_modules(remove_duplicate=False):
-                self.module_names.setdefault(id(m), name)
 
     # ------------------------------------------------------------------ recording
     def _new(self, kind: str, func: Any, name: str, type_: str, args: tuple[Any, ...],

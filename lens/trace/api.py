@@ -6,10 +6,10 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture.model_index import ModelIndex
 from ..capture.policy import SelectorPolicy, halt_predicate
 from ..errors import CaptureError
 from ..selectors import Selector, coerce
@@ -33,13 +33,15 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     """
     check_model(model)
     kwargs = dict(input_kwargs or {})
-    addresses = _module_addresses(model)
+    index = ModelIndex(model)
+    addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
     halt_fn = halt_predicate(halt, addresses) if halt is not None else None
     interceptors = _interceptors(intervene, addresses)
     rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
                    policy=policy, interceptors=interceptors, halt=halt_fn,
-                   payload=PayloadOptions(detach, device, dtype), code_context=code_context)
+                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
+                   index=index)
     t0 = perf_counter()
     output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0
@@ -59,10 +61,10 @@ def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float
     ops = postprocess.kept_ops(rec.ops, keep_orphans or rec.halted)  # type: ignore[arg-type]
     grouper = _grouper(detect_loops)
     layers = postprocess.assign_labels(ops, grouper(ops))
-    module_info, param_meta, param_values = _model_info(model)
+    index = rec.index
     result = Trace(ops=ops, layers=layers, model_name=_model_name(model),
-                   module_calls=rec.module_calls, module_info=module_info,
-                   param_meta=param_meta, param_values=param_values, output=output,
+                   module_calls=rec.module_calls, module_info=index.module_info,
+                   param_meta=index.param_meta, param_values=index.param_values, output=output,
                    save_spec=save_spec, halted=rec.halted, elapsed=elapsed,
                    options={"keep_orphans": keep_orphans, "detect_loops": detect_loops})
     rec.finish()
@@ -104,32 +106,7 @@ def _interceptors(intervene: Any, addresses: set[str]) -> tuple[Any, ...]:
     return tuple(rules)
 
 
-def _module_addresses(model: Any) -> set[str]:
-    if isinstance(model, nn.Module):
-        return {name for name, _ in model.named_modules() if name}
-    return set()
-
-
 def _model_name(model: Any) -> str:
     if isinstance(model, nn.Module):
         return type(model).__name__
     return getattr(model, "__name__", type(model).__name__)
-
-
-def _model_info(model: Any) -> tuple[dict[str, tuple[str, tuple[str, ...]]],
-                                     dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
-                                     dict[str, torch.Tensor]]:
-    if not isinstance(model, nn.Module):
-        return {}, {}, {}
-    info: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for name, m in model.named_modules():
-        if not name:
-            continue
-        direct = tuple(f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False))
-        info[name] = (type(m).__name__, direct)
-    meta = {}
-    values = {}
-    for name, p in model.named_parameters():
-        meta[name] = (tuple(p.shape), p.numel(), p.dtype, p.requires_grad)
-        values[name] = p
-    return info, meta, values
