@@ -411,7 +411,10 @@ class Recorder(TorchFunctionMode):
         self.tensor_map.clear()
 
 
-def _tensor_leaves(obj: Any, path: tuple[int | str, ...]) -> Iterator[tuple[tuple[int | str, ...], Tensor]]:
+Path = tuple[int | str, ...]
+
+
+def _tensor_leaves(obj: Any, path: Path) -> Iterator[tuple[Path, Tensor]]:
     """(path, tensor) for every tensor inside nested tuples/lists/dicts."""
     if isinstance(obj, _TENSOR):
         yield path, obj
@@ -423,7 +426,7 @@ def _tensor_leaves(obj: Any, path: tuple[int | str, ...]) -> Iterator[tuple[tupl
             yield from _tensor_leaves(x, (*path, k))
 
 
-def _rebuild(obj: Any, path: tuple[int | str, ...], replaced: dict[tuple[int | str, ...], Tensor]) -> Any:
+def _rebuild(obj: Any, path: Path, replaced: dict[Path, Tensor]) -> Any:
     """``obj`` with the tensors at ``replaced``'s paths swapped in (same container types)."""
     if path in replaced:
         return replaced[path]
