@@ -35,6 +35,8 @@ from .selectors import (
 from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
 from .validate import ValidationReport, validate
 from .bundles import Bundle, bundle
+from . import sweeps as sweep
+from .sweeps import RayExecutor, SweepResult
 
 __version__ = "0.1.0"
 
@@ -53,8 +55,10 @@ __all__ = [
     "Op",
     "OpGroup",
     "PayloadError",
+    "RayExecutor",
     "ReplayError",
     "SelectorError",
+    "SweepResult",
     "Trace",
     "ValidationReport",
     "__version__",
@@ -67,6 +71,7 @@ __all__ = [
     "module",
     "nothing",
     "preceded_by",
+    "sweep",
     "trace",
     "validate",
     "where",

@@ -1,0 +1,82 @@
+"""What a sweep computes, as an immutable, picklable, hashable value."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Kind = Literal["patching", "ablation", "attribution"]
+
+
+@dataclass(frozen=True, eq=False)
+class SweepSpec:
+    """Everything that decides a sweep's rows (a result store refuses another spec)."""
+
+    kind: Kind
+    sites: Any  # a selector, or a list of labels
+    metric: Any  # callable(output_tensor) -> scalar tensor
+    inputs: tuple[Any, ...]  # (clean, corrupted) for patching; (inputs,) for ablation
+    positions: Any = "each"  # 'each', a list of ints, or None (whole tensor)
+    position_dim: int = 1
+    action: Any = None  # ablation only
+    output: str | None = None  # label of the output the metric reads (default: first)
+    input_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_fn: Any = None  # picklable builder of the model (for remote workers)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description; its hash identifies the sweep."""
+        return {
+            "kind": self.kind,
+            "sites": repr(self.sites),
+            "metric": _qualname(self.metric),
+            "positions": self.positions if self.positions in ("each", None)
+            else [int(p) for p in self.positions],
+            "position_dim": self.position_dim,
+            "action": repr(self.action) if self.action is not None else None,
+            "output": self.output,
+            "inputs": [_digest(x) for x in self.inputs],
+            "input_kwargs": {k: _digest(v) for k, v in sorted(self.input_kwargs.items())},
+        }
+
+    def digest(self, model: Any = None) -> str:
+        desc = self.describe()
+        if model is not None:
+            desc["model"] = _model_digest(model)
+        blob = json.dumps(desc, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _qualname(fn: Any) -> str:
+    mod = getattr(fn, "__module__", "") or ""
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{mod}.{name}" if mod else str(name)
+
+
+def _digest(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().contiguous()
+        h = hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return {"tensor": list(t.shape), "dtype": str(t.dtype), "sha": h.hexdigest()[:16]}
+    if isinstance(x, dict):
+        return {str(k): _digest(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, (list, tuple)):
+        return [_digest(v) for v in x]
+    return repr(x)
+
+
+def _model_digest(model: Any) -> str:
+    """Class and a cheap fingerprint of the weights (shapes and sums)."""
+    if not isinstance(model, torch.nn.Module):
+        return _qualname(model)
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
+            if p.is_floating_point() and p.numel():
+                h.update(f"{float(p.double().sum()):.12e}".encode())
+    return h.hexdigest()[:16]
