@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..capture.records import BUFFER, INPUT, OUTPUT, OpRecord
+from ..capture.records import BUFFER, INPUT, OP, OUTPUT, OpRecord
 from ..errors import PayloadError
 from . import fmt
 
@@ -23,7 +23,21 @@ if TYPE_CHECKING:
 class Op(OpRecord):
     """One executed op: one tensor produced by one call (one pass of one layer)."""
 
-    __slots__ = ("_index", "layer", "pass_num", "trace", "grad", "_labels")
+    __slots__ = ("_index", "layer", "pass_num", "trace", "_grad", "_labels")
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        """Gradient flowing through this op (``save_grads=`` and ``log_backward``), or None.
+
+        A property over an optional slot, so creating an op costs nothing extra."""
+        try:
+            return self._grad
+        except AttributeError:
+            return None
+
+    @grad.setter
+    def grad(self, value: torch.Tensor | None) -> None:
+        self._grad = value
 
     @property
     def index(self) -> int:
@@ -217,6 +231,61 @@ class Op(OpRecord):
     @property
     def intervention_names(self) -> list[str]:
         return [repr(f) for f in self.fired]
+
+    # --------------------------------------------------------------- graph facts (lens.trace.graph)
+    # Computed once per trace on first access (``Trace._graph``); None = unreachable.
+    @property
+    def min_distance_from_input(self) -> int | None:
+        """Fewest edges from an input op (0 for an input)."""
+        return self.trace._graph.min_from_input[self.index]
+
+    @property
+    def max_distance_from_input(self) -> int | None:
+        """Most edges from an input op (0 for an input)."""
+        return self.trace._graph.max_from_input[self.index]
+
+    @property
+    def min_distance_to_output(self) -> int | None:
+        """Fewest edges to an output op (0 for an output)."""
+        return self.trace._graph.min_to_output[self.index]
+
+    @property
+    def max_distance_to_output(self) -> int | None:
+        """Most edges to an output op (0 for an output)."""
+        return self.trace._graph.max_to_output[self.index]
+
+    @property
+    def has_input_ancestor(self) -> bool:
+        """Computed (at any depth) from a model input; True for inputs themselves."""
+        return self.trace._graph.min_from_input[self.index] is not None
+
+    @property
+    def is_output_ancestor(self) -> bool:
+        """Feeds (at any depth) a model output; True for outputs themselves."""
+        return self.trace._graph.min_to_output[self.index] is not None
+
+    @property
+    def is_branching(self) -> bool:
+        """Feeds more than one op."""
+        return len(self.child_idx) > 1
+
+    @property
+    def is_internally_generated(self) -> bool:
+        """A tensor made inside the model from nothing (``torch.zeros``, ``randn``,
+        ``arange``...): an executed op with no tensor parents and no parameters."""
+        return self.kind == OP and not self.parent_idx and not self.params
+
+    @property
+    def is_terminal_bool(self) -> bool:
+        """A single-element bool tensor that feeds nothing: the test of an ``if``."""
+        return self.trace._graph.terminal_bool[self.index]
+
+    @property
+    def in_cond_branch(self) -> bool:
+        """Part of the computation of an ``if`` test (a terminal bool, or a tensor Python
+        took ``bool()`` of, and its ancestors back to the main computation)."""
+        return self.trace._graph.cond_branch[self.index]
+    # --------------------------------------------------------------- end graph facts
 
     def __repr__(self) -> str:
         return f"<Op {self.label} {fmt.shape(self.shape)} {self.type}>"

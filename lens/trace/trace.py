@@ -11,6 +11,7 @@ import torch
 from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord
 from ..errors import LookupKeyError, close_matches
 from . import ext, fmt
+from .graph import GraphFacts
 from .modules import ModuleRecord, Modules, ParamRecord, Params
 from .op import Layer, Op, OpGroup
 
@@ -178,6 +179,34 @@ class Trace:
     @property
     def num_params(self) -> int:
         return sum(m[1] for m in self.param_meta.values())
+
+    # ------------------------------------------------------- graph facts (lens.trace.graph)
+    @cached_property
+    def _graph(self) -> GraphFacts:
+        return GraphFacts(self.ops)
+
+    @property
+    def has_conditional_branching(self) -> bool:
+        """Whether some op looks like the test of a Python ``if`` on a tensor."""
+        return any(self._graph.cond_branch)
+
+    @property
+    def terminal_bool_layers(self) -> list[str]:
+        """Labels of single-element bool tensors that feed nothing (``if`` tests)."""
+        flags = self._graph.terminal_bool
+        return [op.label for op in self.ops if flags[op.index]]
+
+    @property
+    def internally_generated_layers(self) -> list[str]:
+        """Labels of tensors made inside the model from nothing (zeros, randn, arange)."""
+        return [op.label for op in self.ops if op.is_internally_generated]
+
+    @property
+    def orphans_trimmed(self) -> int:
+        """How many recorded ops were dropped as orphans (neither from an input nor
+        feeding an output); 0 with ``keep_orphans=True``."""
+        return len(self.ops[0]._ops) - len(self.ops) if self.ops else 0
+    # ------------------------------------------------------- end graph facts
 
     # ------------------------------------------------------------------ output
     def summary(self, depth: int = 1) -> str:

@@ -1,0 +1,351 @@
+"""Recurrence: which ops are passes of one layer (the paper's three rules).
+
+``find_layers(ops)`` returns, for each kept op (in execution order), the position of the
+first op of its layer; ops sharing that value are passes of one layer.
+
+1. Ops applying the same parameters (same function, same parameter names, same output
+   slot) several times are passes of one layer.
+2. Around those passes, repeated parameter-free ops grow the layer block outwards: for
+   two consecutive passes ``a``, ``b`` of a layer, a neighbour of ``a`` (child, parent or
+   sibling output) and the *corresponding* neighbour of ``b`` (same signature, same
+   argument slot, same rank among like neighbours) become consecutive passes of one
+   layer, and the pair is grown from in turn. A guard keeps every pass of a grown layer
+   in a distinct iteration of the loop it grew from (see ``_Groups.union``).
+3. A parameter-free sequence that repeats back to back (XYZXYZXYZ) with each block fed by
+   the previous one gives passes; separated repeats (XYZ A XYZ) do not.
+
+A *signature* is what makes two ops "the same op": kind, function, output slot,
+parameters, non-tensor arguments and the module path (addresses, not call numbers). The
+module path keeps ops of distinct modules apart (the two residual adds of two distinct
+transformer blocks are never one layer); a module called repeatedly keeps its path, so
+its ops still group.
+
+Everything is bucketed by interned signature ids: cost is near-linear in the number of
+ops (no all-pairs comparison).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Hashable, Sequence
+from itertools import pairwise
+from typing import Any
+
+from ..capture.records import IDENTITY, OP, ModuleCallRecord, ParamRef, Ref
+from .op import Op
+
+# Rule 3: how far back to look for the previous block, and how many earlier occurrences
+# of a signature to try as its start.
+MAX_PERIOD = 1024
+MAX_TRIES = 8
+
+_TENSOR = ("T",)
+_SCALARS = frozenset({bool, int, float, str})
+
+
+def find_layers(ops: Sequence[Op], detect_loops: bool = True) -> list[int]:
+    """For each op, the position of the first op of its layer (see module docstring)."""
+    groups = _Groups(len(ops))
+    seeds = _rule1(ops, groups)
+    if detect_loops:
+        g = _Graph(ops)
+        g.compute_signatures()
+        _rule2(g, groups, seeds)
+        _rule3(g, groups)
+    return [groups.first[groups.find(i)] for i in range(len(ops))]
+
+
+# --------------------------------------------------------------------------- graph
+class _Graph:
+    """Positions, neighbours and interned signatures of the kept ops."""
+
+    def __init__(self, ops: Sequence[Op]) -> None:
+        self.ops = ops
+        pos = {op.call_index: i for i, op in enumerate(ops)}
+        self.parents = [[pos[c] for c in op.parent_idx if c in pos] for op in ops]
+        self.children = [[pos[c] for c in op.child_idx if c in pos] for op in ops]
+        self.sig: list[int] = []
+        self.eligible = [op.kind in _GROWABLE and not op.params for op in ops]
+        by_call: dict[int, list[int]] = {}
+        for i, op in enumerate(ops):
+            if op.out_index:
+                by_call.setdefault(op.call_id, []).append(i)
+        self.siblings = by_call
+
+    def compute_signatures(self) -> None:
+        table: dict[Hashable, int] = {}
+        paths: dict[int, tuple[str, ...]] = {}
+        sig = self.sig
+        for op in self.ops:
+            ctx = op.module_ctx
+            path = paths.get(id(ctx))
+            if path is None:
+                path = paths[id(ctx)] = _addresses(ctx)
+            key = (op.kind, op.func_name, op.type, op.out_index, op.params, path,
+                   _norm(op.args), _norm(op.kwargs) if op.kwargs else ())
+            sig.append(table.setdefault(key, len(table)))
+
+    def corresponding(self, a: int, b: int) -> list[tuple[int, int]]:
+        """Pairs (x, y): a neighbour x of op ``a`` and the neighbour y of op ``b`` in the
+        same relation (same signature, same argument slot, same rank among like ones)."""
+        sig, parents, children = self.sig, self.parents, self.children
+        pa, pb = parents[a], parents[b]
+        # parents, slot by slot (a first pass may have fewer: loop entry)
+        out = [(x, y) for x, y in zip(pa, pb, strict=False) if sig[x] == sig[y]]
+        ca, cb = children[a], children[b]
+        if len(ca) == 1 and len(cb) == 1:  # the common case: no dict needed
+            x, y = ca[0], cb[0]
+            if sig[x] == sig[y] and parents[x].index(a) == parents[y].index(b):
+                out.append((x, y))
+        elif ca and cb:
+            kb = self._keyed_children(b)
+            out.extend((x, kb[k]) for k, x in self._keyed_children(a).items() if k in kb)
+        ops = self.ops
+        if ops[a].out_index and ops[b].out_index:  # other outputs of a multi-output call
+            sb = {sig[y]: y for y in self.siblings[ops[b].call_id] if y != b}
+            out.extend((x, sb[sig[x]]) for x in self.siblings[ops[a].call_id]
+                       if x != a and sig[x] in sb)
+        return out
+
+    def _keyed_children(self, i: int) -> dict[tuple[int, int, int], int]:
+        """Children keyed by (signature, slot of ``i`` among its parents, rank)."""
+        sig, parents = self.sig, self.parents
+        out: dict[tuple[int, int, int], int] = {}
+        seen: dict[tuple[int, int], int] = {}
+        for c in self.children[i]:
+            like = (sig[c], parents[c].index(i))
+            rank = seen[like] = seen.get(like, -1) + 1
+            out[(like[0], like[1], rank)] = c
+        return out
+
+
+_GROWABLE = frozenset({OP, IDENTITY})
+
+
+def _addresses(ctx: tuple[ModuleCallRecord, ...]) -> tuple[str, ...]:
+    return tuple(c.address for c in ctx)
+
+
+def _norm(v: Any) -> Hashable:
+    """A hashable, value-based stand-in for a non-tensor argument template."""
+    t = type(v)
+    if t is Ref:
+        return _TENSOR
+    if t in _SCALARS or v is None:
+        return (t, v)  # the type too: ``x * 2`` and ``x * 2.0`` are different ops
+    if t is ParamRef:
+        return v  # type: ignore[no-any-return]
+    if t is tuple or t is list:
+        return (t, *[_TENSOR if type(x) is Ref else _norm(x) for x in v])
+    if t is dict:
+        return ("dict", *[(k, _norm(x)) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))])
+    if t is slice:
+        return ("slice", _norm(v.start), _norm(v.stop), _norm(v.step))
+    if isinstance(v, tuple):  # torch.Size, named tuples
+        return (t, *[_norm(x) for x in v])
+    try:
+        hash(v)
+    except TypeError:
+        return ("repr", t, repr(v))
+    return (t, v)
+
+
+# --------------------------------------------------------------------------- groups
+class _Groups:
+    """Union-find over op positions; grown groups remember the iteration of each pass.
+
+    A grown group is *anchored* to a rule-1 layer S (passes at positions s_1 < ... < s_n).
+    The iteration of a member x is the number of passes of S executed before it. A union
+    that would put two members in the same iteration is refused: passes of one layer
+    always lie in distinct iterations.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.up = list(range(n))
+        self.first = list(range(n))
+        self.members: list[list[int]] = [[i] for i in range(n)]
+        self.anchor = [-1] * n
+        self.iters: list[set[int] | None] = [None] * n
+        self.seeds: list[list[int]] = []
+
+    def find(self, i: int) -> int:
+        up = self.up
+        root = i
+        while up[root] != root:
+            root = up[root]
+        while up[i] != root:
+            up[i], i = root, up[i]
+        return root
+
+    def merge(self, ra: int, rb: int) -> int:
+        """Unconditional union of two roots; returns the new root."""
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.up[rb] = ra
+        self.members[ra].extend(self.members[rb])
+        self.members[rb] = []
+        self.first[ra] = min(self.first[ra], self.first[rb])
+        return ra
+
+    def _iters(self, root: int, seed: int) -> set[int] | None:
+        """Iterations of a root's members w.r.t. a seed; None if two collide."""
+        if self.anchor[root] == seed and self.iters[root] is not None:
+            return self.iters[root]
+        s = self.seeds[seed]
+        found = {bisect_right(s, x) for x in self.members[root]}
+        return found if len(found) == len(self.members[root]) else None
+
+    def union(self, a: int, b: int, seed: int) -> bool:
+        """Join the groups of ``a`` and ``b`` unless two passes would share an iteration."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        big, small = (ra, rb) if len(self.members[ra]) >= len(self.members[rb]) else (rb, ra)
+        anchor = self.anchor[big] if self.anchor[big] >= 0 else (
+            self.anchor[small] if self.anchor[small] >= 0 else seed)
+        ib, is_ = self._iters(big, anchor), self._iters(small, anchor)
+        if ib is None or is_ is None or not ib.isdisjoint(is_):
+            return False
+        root = self.merge(big, small)  # keeps ``big`` as the root
+        ib.update(is_)  # in place: small-into-large keeps growth near-linear
+        self.anchor[root] = anchor
+        self.iters[root] = ib
+        return True
+
+
+# --------------------------------------------------------------------------- rule 1
+def _rule1(ops: Sequence[Op], groups: _Groups) -> list[tuple[list[int], int]]:
+    """Same parameters applied several times: passes. Returns (positions, seed id)."""
+    by_key: dict[Hashable, list[int]] = {}
+    for i, op in enumerate(ops):
+        if op.params and op.kind == OP:
+            by_key.setdefault((op.func_name, op.type, op.params, op.out_index), []).append(i)
+    seeds = []
+    for positions in by_key.values():
+        if len(positions) < 2:
+            continue
+        root = positions[0]
+        for p in positions[1:]:
+            root = groups.merge(groups.find(root), groups.find(p))
+        groups.seeds.append(positions)
+        seeds.append((positions, len(groups.seeds) - 1))
+    return seeds
+
+
+# --------------------------------------------------------------------------- rule 2
+def _rule2(g: _Graph, groups: _Groups, seeds: list[tuple[list[int], int]]) -> None:
+    """Grow rule-1 layers through corresponding neighbours of consecutive passes."""
+    work = [(a, b, s) for positions, s in seeds for a, b in pairwise(positions)]
+    eligible = g.eligible
+    while work:
+        a, b, s = work.pop()
+        for x, y in g.corresponding(a, b):
+            if x < y and eligible[x] and eligible[y] and groups.union(x, y, s):
+                work.append((x, y, s))
+
+
+# --------------------------------------------------------------------------- rule 3
+def _rule3(g: _Graph, groups: _Groups) -> None:
+    """Back-to-back repeats of a parameter-free block, each block fed by the previous."""
+    n = len(g.ops)
+    free = [g.eligible[i] and len(groups.members[groups.find(i)]) == 1 for i in range(n)]
+    occurrences: dict[int, list[int]] = {}
+    for i in range(n):
+        if free[i]:
+            occurrences.setdefault(g.sig[i], []).append(i)
+    # Blocks lie inside runs of consecutive free ops: [start[i], end[i]) holds op i.
+    start = list(range(n))
+    for i in range(1, n):
+        if free[i] and free[i - 1]:
+            start[i] = start[i - 1]
+    end = [i + 1 for i in range(n)]
+    for i in range(n - 2, -1, -1):
+        if free[i] and free[i + 1]:
+            end[i] = end[i + 1]
+    frontier = 0
+    i = 0
+    while i < n:
+        lo = max(frontier, start[i])
+        best = (_best_repeat(g, free, occurrences, i, lo, end[i])
+                if free[i] and i > lo else None)
+        if best is None:
+            i += 1
+            continue
+        first, period, count = best
+        for t in range(period):
+            root = groups.find(first + t)
+            for k in range(1, count):
+                root = groups.merge(root, groups.find(first + k * period + t))
+        frontier = i = first + count * period
+
+
+def _best_repeat(g: _Graph, free: list[bool], occurrences: dict[int, list[int]], i: int,
+                 lo: int, hi: int) -> tuple[int, int, int] | None:
+    """The longest repeat whose second block starts at ``i``: (start, period, blocks).
+
+    The first block may start no earlier than ``lo``; both blocks end by ``hi``.
+    """
+    occ = occurrences[g.sig[i]]
+    k = bisect_right(occ, i - 1)
+    for j in reversed(occ[max(0, k - MAX_TRIES):k]):
+        period = i - j
+        if j < lo or period > MAX_PERIOD:
+            break
+        if i + period > hi:
+            continue
+        count = _count_blocks(g, free, j, period)
+        if count < 2:
+            continue
+        best = (j, period, count)
+        # A shorter repeat may sit inside a longer one (XXY XXY XXY): prefer the longer.
+        m = bisect_right(occ, j + count * period - 1)
+        for nxt in occ[m:m + MAX_TRIES]:
+            p2 = nxt - j
+            if p2 > MAX_PERIOD or j + 2 * p2 > hi:
+                break
+            c2 = _count_blocks(g, free, j, p2)
+            if c2 >= 2 and c2 * p2 > best[1] * best[2]:
+                best = (j, p2, c2)
+        return best
+    return None
+
+
+def _count_blocks(g: _Graph, free: list[bool], start: int, period: int) -> int:
+    """How many consecutive blocks of ``period`` ops from ``start`` repeat the first."""
+    count = 1
+    n = len(free)
+    while start + (count + 1) * period <= n and _block_follows(
+            g, free, start, start + (count - 1) * period, period):
+        count += 1
+    return count
+
+
+def _block_follows(g: _Graph, free: list[bool], first: int, j: int, period: int) -> bool:
+    """Block B = [j+p, j+2p) repeats block A = [j, j+p) and is fed by it.
+
+    Corresponding ops must have equal signatures and corresponding parents: a parent
+    inside B matches the op one period earlier; a parent in A (the feed) matches the op
+    one period earlier, or anything before A when A is the first block; a parent before
+    A is shared.
+    """
+    sig, parents = g.sig, g.parents
+    b0 = j + period
+    fed = False
+    for t in range(period):
+        x2, x1 = b0 + t, j + t
+        if not (free[x1] and free[x2]) or sig[x1] != sig[x2]:
+            return False
+        p2, p1 = parents[x2], parents[x1]
+        if len(p2) != len(p1):
+            return False
+        for q2, q1 in zip(p2, p1, strict=True):
+            if q2 >= b0:
+                ok = q1 == q2 - period
+            elif q2 >= j:
+                fed = True
+                ok = q1 == q2 - period or (j == first and q1 < j)
+            else:
+                ok = q1 == q2
+            if not ok:
+                return False
+    return fed
