@@ -88,8 +88,11 @@ class PayloadOptions:
     def apply(self, t: Tensor) -> Tensor:
         if self.detach:
             t = t.detach()
-        if self.device is not None or self.dtype is not None:
+        if self.dtype is not None and (t.is_floating_point() or t.is_complex()):
+            # Only floating payloads are cast: casting indices or masks would lose values.
             t = t.to(device=self.device, dtype=self.dtype)
+        elif self.device is not None:
+            t = t.to(device=self.device)
         return t
 
 

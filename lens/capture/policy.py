@@ -28,16 +28,17 @@ class SelectorPolicy:
         if rank == 2 and not self.lookback:
             return None
         if rank == 3:
-            return bool(self._final(op)(op))
+            trace = getattr(op, "trace", None)
+            if trace is None:  # trimmed as an orphan: not part of the trace, nothing to keep
+                return False
+            return bool(self._final(trace.ops)(op))
         if rank >= self.rank:
             return bool(self.selector(op))
         return None
 
-    def _final(self, op: Any) -> Selector:
+    def _final(self, ops: Any) -> Selector:
         """At the end ordinals (``-5``) can be bound to positions in the finished trace."""
         if self._bound is None:
-            trace = getattr(op, "trace", None)
-            ops = trace.ops if trace is not None else []
             self._bound = self.selector.bind_ordinals(ops)
         return self._bound
 
