@@ -28,7 +28,8 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
 
 
 def main(out_dir: str = "demo-out") -> int:

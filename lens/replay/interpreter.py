@@ -113,7 +113,7 @@ class Interpreter:
 def downstream(trace: Trace, sources: Iterable[int]) -> list[Op]:
     """Ops whose value depends on any of ``sources`` (call indices), sources excluded."""
     dirty = set(sources)
-    cone = []
+    cone: list[Op] = []
     start = min(dirty, default=None)
     if start is None:
         return cone

@@ -63,7 +63,7 @@ class SweepResult:
         ax.set_title(title or f"{self.spec.get('kind')} sweep: {self.spec.get('metric')}")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        return fig  # type: ignore[no-any-return]
+        return fig
 
     def save(self, path: str) -> str:
         """Write the table: ``.parquet``, ``.csv`` or JSON lines (anything else)."""

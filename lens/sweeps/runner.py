@@ -107,7 +107,7 @@ class SweepRunner:
         index = _index(cell.position, self.spec.position_dim)
         if self.spec.kind == "patching":
             assert self.source is not None
-            src = self.source[op.label].out.detach()
+            src: torch.Tensor = self.source[op.label].out.detach()
             if index is None:
                 return src
             new = value.clone()

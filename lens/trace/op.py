@@ -24,6 +24,12 @@ class Op(OpRecord):
     """One executed op: one tensor produced by one call (one pass of one layer)."""
 
     __slots__ = ("_index", "layer", "pass_num", "trace", "_grad", "_labels")
+    _index: int
+    layer: Layer
+    pass_num: int
+    trace: Trace
+    _grad: torch.Tensor | None
+    _labels: frozenset[str]
 
     @property
     def grad(self) -> torch.Tensor | None:

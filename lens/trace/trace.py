@@ -61,9 +61,9 @@ class Trace:
         by_address: dict[str, list[Op]] = {}
         for call in self.module_calls:
             for i in call.output_ops:
-                op = self._by_call.get(i)
-                if op is not None:
-                    by_address.setdefault(call.address, []).append(op)
+                found = self._by_call.get(i)
+                if found is not None:
+                    by_address.setdefault(call.address, []).append(found)
         for address, found in by_address.items():
             found = list(dict.fromkeys(found))
             if len(found) == 1:
