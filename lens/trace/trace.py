@@ -64,13 +64,13 @@ class Trace:
                 found = self._by_call.get(i)
                 if found is not None:
                     by_address.setdefault(call.address, []).append(found)
-        for address, found in by_address.items():
-            found = list(dict.fromkeys(found))
-            if len(found) == 1:
-                table[address] = found[0]
-                found[0]._labels = found[0].labels | {address}
+        for address, outs in by_address.items():
+            unique = list(dict.fromkeys(outs))
+            if len(unique) == 1:
+                table[address] = unique[0]
+                unique[0]._labels = unique[0].labels | {address}
             else:
-                table[address] = OpGroup(address, found)
+                table[address] = OpGroup(address, unique)
         return table
 
     def __getitem__(self, key: int | str) -> Any:
