@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -84,3 +85,4 @@ def test_forward_that_raises_leaves_nothing_behind_and_gets_a_note():
     assert _mode_stack() == 0
     assert _no_hooks(model)
     assert not torch._C._is_torch_function_mode_enabled()
+    assert gc.isenabled()  # capture pauses the cyclic collector and must restore it
