@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from . import capture
+from . import capture, sweeps
 from .common import THREADS, Section, bench_models
 
 SECTIONS = {
     "capture": capture.run,
     "postprocess": capture.postprocess,
+    "sweeps": sweeps.run,
 }
 
 
