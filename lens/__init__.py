@@ -9,8 +9,12 @@ The public surface is exactly ``__all__``.
 
 from __future__ import annotations
 
+from . import sweeps as sweep
+from .bundles import Bundle, bundle
+from .draw import show_graph
 from .errors import (
     CaptureError,
+    DrawError,
     InterventionError,
     LensError,
     LoadError,
@@ -32,17 +36,16 @@ from .selectors import (
     preceded_by,
     where,
 )
+from .sweeps import RayExecutor, SweepResult
 from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
 from .validate import ValidationReport, validate
-from .bundles import Bundle, bundle
-from . import sweeps as sweep
-from .sweeps import RayExecutor, SweepResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bundle",
     "CaptureError",
+    "DrawError",
     "InterventionError",
     "Layer",
     "LensError",
@@ -71,6 +74,7 @@ __all__ = [
     "module",
     "nothing",
     "preceded_by",
+    "show_graph",
     "sweep",
     "trace",
     "validate",

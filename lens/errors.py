@@ -52,6 +52,10 @@ class MissingDependencyError(LensError, ImportError):
     """An optional dependency is needed; the message names the pip extra to install."""
 
 
+class DrawError(LensError, ValueError):
+    """A graph could not be drawn: bad drawing options, or Graphviz failed or timed out."""
+
+
 def close_matches(word: str, candidates: object, n: int = 5) -> list[str]:
     """The candidates closest to ``word``, for "did you mean" hints in error messages."""
     import difflib

@@ -238,7 +238,7 @@ class Trace:
         """Render the graph with graphviz; returns the path written (see ``lens.draw``)."""
         return ext.call("draw", self, path, **options)  # type: ignore[no-any-return]
 
-    def _repr_svg_(self) -> str:
+    def _repr_svg_(self) -> str | None:
         return ext.call("svg", self)  # type: ignore[no-any-return]
 
     def log_backward(self, loss: torch.Tensor, **options: Any) -> None:

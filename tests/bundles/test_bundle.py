@@ -77,3 +77,25 @@ def test_plot_draws_one_line_per_member(three_traces):
     ax = fig.axes[0]
     assert len(ax.lines) == 2
     assert [line.get_label() for line in ax.lines] == ["half", "noisy"]
+
+
+def test_draw_colours_changed_ops(three_traces, tmp_path):
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz 'dot' binary not installed")
+    _, traces = three_traces
+    b = tl.bundle(traces, baseline="clean")
+    path = b.draw(str(tmp_path / "diff.svg"), member="half")
+    fills = {}
+    for g in ET.parse(path).getroot().iter("{http://www.w3.org/2000/svg}g"):
+        if g.get("class") == "node":
+            shape = next((e for e in g.iter()
+                          if e.tag.endswith(("}polygon", "}ellipse"))), None)
+            fills[g.get("id")] = shape.get("fill") if shape is not None else None
+    frame = b.compare_at(None, "relative_l2")["half"]
+    most = frame.idxmax()
+    assert fills[most] == "#ff0000"  # the most changed op is drawn full red
+    unchanged = frame[frame == 0].index
+    assert all(fills[s] == "#ffffff" for s in unchanged)
