@@ -122,9 +122,15 @@ class Recorder(TorchFunctionMode):
         self._plain_payload = self.payload.identity
         self.code_context = code_context
         self.pending: dict[int, Tensor] = {}  # undecided payloads, by op index
-        self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor]]] = {}
+        # Module outputs a module-exit decision left open: the enclosing call (by id) may
+        # return the same tensor (a Sequential returns its last child's output).
+        self._exit_wait: dict[int, list[int]] = {}
+        # id(tensor) -> (producing op, weak reference to check the id was not reused, the
+        # op's Ref placeholder, shared by all its consumers' argument templates)
+        self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor], Ref]] = {}
         self.index = index if index is not None else ModelIndex(model)
         self.params = self.index.params
+        self.param_refs = {k: ParamRef(name) for k, name in self.params.items()}
         self.buffers = self.index.buffers
         self.module_names = self.index.module_names
         self.module_calls: list[ModuleCallRecord] = []
@@ -155,13 +161,17 @@ class Recorder(TorchFunctionMode):
                 self._keep(op, tensor)
             elif decision is None:
                 self.pending[idx] = tensor
-        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor))
+        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), Ref(idx))
         if self.pending and self.policy.lookback:
             self._drain_window(idx)
         return op
 
     def _keep(self, op: OpRecord, tensor: Tensor) -> None:
-        op.payload = tensor if self._plain_payload else self.payload.apply(tensor)
+        if self._plain_payload:
+            op.payload = tensor
+        else:  # module hooks run with the mode active: these calls are not the model's ops
+            with torch._C.DisableTorchFunction():
+                op.payload = self.payload.apply(tensor)
         op._saved = True
 
     def _drain_window(self, idx: int) -> None:
@@ -180,11 +190,11 @@ class Recorder(TorchFunctionMode):
             hit = self.tensor_map.get(key)
             if hit is not None and hit[1]() is a:
                 parents.append(hit[0])
-                return Ref(hit[0])
-            name = self.params.get(key)
-            if name is not None:
-                params.append(name)
-                return ParamRef(name)
+                return hit[2]
+            pref = self.param_refs.get(key)
+            if pref is not None:
+                params.append(pref.name)
+                return pref
             buf = self.buffers.get(key)
             if buf is not None and buf[1] is a:
                 op = self._new(BUFFER, None, "buffer", "buffer", (), {}, (), a,
@@ -279,7 +289,8 @@ class Recorder(TorchFunctionMode):
             new = hook(op, out)
             if new is not out:
                 out = new
-                self.tensor_map[id(out)] = (op.call_index, weakref.ref(out))
+                self.tensor_map[id(out)] = (op.call_index, weakref.ref(out),
+                                            Ref(op.call_index))
                 if op._saved:
                     self._keep(op, out)
                 elif op.call_index in self.pending:
@@ -374,9 +385,22 @@ class Recorder(TorchFunctionMode):
             if idx in self.pending:
                 decision = self.policy.decide(rec, "module_exit")
                 if decision is not None:
-                    t2 = self.pending.pop(idx)
-                    if decision:
-                        self._keep(rec, t2)
+                    if decision or call.parent is None:
+                        t2 = self.pending.pop(idx)
+                        if decision:
+                            self._keep(rec, t2)
+                    else:  # the enclosing call may return it too: decide at its exit
+                        self._exit_wait.setdefault(id(call.parent), []).append(idx)
+        waiting = self._exit_wait.pop(id(call), None)
+        if waiting:  # waited on this call, which does not return them: decide now
+            outs = set(call.output_ops)
+            for j in waiting:
+                if j not in outs and j in self.pending:
+                    decision = self.policy.decide(self.ops[j], "module_exit")
+                    if decision is not None:
+                        t2 = self.pending.pop(j)
+                        if decision:
+                            self._keep(self.ops[j], t2)
         call.last_op = len(self.ops) - 1
         if self.halt is not None and any(self.halt(self.ops[i]) for i in call.output_ops):
             self.halted = True
