@@ -12,6 +12,8 @@ from __future__ import annotations
 from . import sweeps as sweep
 from .bundles import Bundle, bundle
 from .draw import show_graph
+from .io import extract_dataset, load, load_dataset_activations, save
+from .trace.record import Recording, pluck, record
 from .errors import (
     CaptureError,
     DrawError,
@@ -58,6 +60,7 @@ __all__ = [
     "Op",
     "OpGroup",
     "PayloadError",
+    "Recording",
     "RayExecutor",
     "ReplayError",
     "SelectorError",
@@ -67,13 +70,19 @@ __all__ = [
     "__version__",
     "bundle",
     "everything",
+    "extract_dataset",
     "followed_by",
     "func",
     "in_module",
     "label",
+    "load",
+    "load_dataset_activations",
     "module",
     "nothing",
+    "pluck",
     "preceded_by",
+    "record",
+    "save",
     "show_graph",
     "sweep",
     "trace",

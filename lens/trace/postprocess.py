@@ -86,9 +86,9 @@ def op_keys(op: Op) -> frozenset[str]:
     layer = op.layer
     multi = len(layer.passes) > 1
     k = op.pass_num
-    keys = {f"{layer.label}:{k}", f"{layer.short_label}:{k}"}
-    if not multi:
-        keys.update((layer.label, layer.short_label))
+    # The layer's own labels find every pass (trace['linear_1_1'] is the Layer), so
+    # save='linear_1_1' / tl.label('linear_1_1') select all passes.
+    keys = {f"{layer.label}:{k}", f"{layer.short_label}:{k}", layer.label, layer.short_label}
     if layer.label == layer.short_label:  # sources/sinks also answer to the full form
         full = f"{layer.short_label}_{layer.total_num}"
         keys.update((f"{full}:{k}",) if multi else (full, f"{full}:{k}"))

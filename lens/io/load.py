@@ -1,0 +1,328 @@
+"""``tl.load(path)``: read a trace written by ``tl.save`` — safely.
+
+Loading parses JSON and a safetensors file, resolves function names inside torch's
+allow-listed namespaces (:mod:`lens.io.names`) and checks every field's type and every
+graph reference. Anything unexpected (a newer schema, a function outside the allow-list,
+a truncated tensor file, a field of the wrong type) raises :class:`LoadError`; nothing
+named in the file is imported, evaluated or called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..capture.records import OP, ModuleCallRecord, ParamRef, Ref
+from ..errors import LoadError, ReplayError
+from ..trace import Layer, Op, Trace
+from . import names
+from .schema import (
+    FORMAT,
+    JSON_NAME,
+    SCHEMA_VERSION,
+    TENSORS_NAME,
+    Opaque,
+    Reader,
+    Repr,
+    contains_opaque,
+    decode,
+    dtype_named,
+)
+
+
+class NotReplayable:
+    """Stands in for the function of a loaded op that cannot be re-executed.
+
+    Printing and indexing the op work as usual; calling it (replay) raises
+    :class:`ReplayError` saying why.
+    """
+
+    def __init__(self, func_name: str, reason: str, func: Any = None) -> None:
+        self.__name__ = func_name
+        self.reason = reason
+        self.func = func
+        self.op: Op | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        label = self.op.label if self.op is not None else self.__name__
+        raise ReplayError(
+            f"{label} ({self.__name__}) cannot be replayed from this loaded trace: "
+            f"{self.reason}. Replay a live trace instead (tl.trace(model, ...)).")
+
+    def __repr__(self) -> str:
+        return f"<not replayable: {self.__name__}>"
+
+
+def replayable(op: Op) -> bool:
+    """False for a loaded op whose function or arguments could not be restored."""
+    return not isinstance(op.func, NotReplayable)
+
+
+def load(path: str | os.PathLike[str], *, device: Any = None) -> Trace:
+    """Read a trace saved with ``tl.save``. Tensors land on the CPU, or on ``device``."""
+    root = Path(path)
+    doc = _read_json(root / JSON_NAME)
+    tensors = _read_tensors(root / TENSORS_NAME, doc, device)
+    try:
+        return _build(doc, tensors)
+    except LoadError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise LoadError(f"{root / JSON_NAME} is malformed: {type(e).__name__}: {e}") from None
+
+
+def _read_json(file: Path) -> Reader:
+    if not file.is_file():
+        hint = " (tl.save writes a directory; pass that directory)" if file.parent.is_file() else ""
+        raise LoadError(f"No saved trace at {file.parent}: {file.name} is missing{hint}.")
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(f"{file} is not valid JSON: {e}") from None
+    r = Reader(doc, JSON_NAME)
+    if doc.get("format") != FORMAT:
+        raise LoadError(f"{file} is not a lens trace (format {doc.get('format')!r:.60}).")
+    version = r.integer("schema_version")
+    if version > SCHEMA_VERSION:
+        raise LoadError(
+            f"{file} was written with trace schema version {version}, newer than this "
+            f"lens reads (up to {SCHEMA_VERSION}). Upgrade lens to load it.")
+    if version < 1:
+        raise LoadError(f"{file}: invalid schema version {version}.")
+    return r
+
+
+def _read_tensors(file: Path, doc: Reader, device: Any) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise LoadError(f"{file} is missing: the trace's tensors cannot be read.")
+    try:
+        tensors = load_file(str(file), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise LoadError(f"{file} is not a readable safetensors file (truncated or "
+                        f"corrupt?): {e}") from None
+    # Fresh allocations: tensors read from the file can sit at unaligned addresses, which
+    # makes some CPU kernels (BLAS) take other code paths and differ in the last bit.
+    data = {k: v.to(device if device is not None else "cpu", copy=True)
+            for k, v in tensors.items()}
+    return {key: _restore(key, Reader(meta, f"tensors.{key}"), data, file)
+            for key, meta in doc.mapping("tensors").items()}
+
+
+def _restore(key: str, m: Reader, data: dict[str, torch.Tensor], file: Path) -> torch.Tensor:
+    shape, stride = m.integers("shape"), m.integers("stride")
+    dtype = dtype_named(m.raw("dtype"), m.where)
+    offset = m.integer("offset")
+    base_key = m.text("base", optional=True)
+    if len(stride) != len(shape) or min([*shape, *stride, offset, 0]) < 0:
+        raise LoadError(f"{m.where}: invalid shape/stride/offset {shape}/{stride}/{offset}.")
+    if base_key is None:
+        t = data.get(key)
+        if t is None:
+            raise LoadError(f"{file} lacks tensor {key!r} that {JSON_NAME} declares.")
+        if list(t.shape) != shape or t.dtype != dtype:
+            raise LoadError(f"Tensor {key!r} in {file} has shape {tuple(t.shape)} and dtype "
+                            f"{t.dtype}, but {JSON_NAME} declares {shape} {dtype}.")
+        if t.numel() > 1 and list(t.stride()) != stride:
+            with contextlib.suppress(RuntimeError):  # the recorded layout, if a dense one
+                t = torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
+        return t
+    base = data.get(base_key)
+    if base is None or base.dtype != dtype:
+        raise LoadError(f"{m.where}: base tensor {base_key!r} is missing or has another dtype.")
+    end = offset + sum((s - 1) * st for s, st in zip(shape, stride, strict=True)) + 1
+    if 0 in shape or end > base.numel():
+        raise LoadError(f"{m.where}: view of {base_key!r} reaches past its end.")
+    return base.as_strided(shape, stride, offset)
+
+
+def _build(doc: Reader, tensors: dict[str, torch.Tensor]) -> Trace:
+    calls = _module_calls(doc)
+    n = doc.integer("num_recorded")
+    slots: list[Any] = [None] * n
+    ops: list[Op] = []
+    for i, raw in enumerate(doc.array("ops")):
+        op = _op(Reader(raw, f"ops[{i}]"), slots, calls, tensors)
+        if not 0 <= op.call_index < n or slots[op.call_index] is not None:
+            raise LoadError(f"ops[{i}]: call index {op.call_index} is out of range or repeated.")
+        if ops and op.call_index <= ops[-1].call_index:
+            raise LoadError(f"ops[{i}]: ops must be in call order.")
+        slots[op.call_index] = op
+        ops.append(op)
+    _check_graph(ops, slots, calls)
+    layers = _layers(doc, ops)
+    params = doc.mapping("params")
+    meta: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]] = {}
+    values: dict[str, torch.Tensor] = {}
+    for name, raw in params.items():
+        p = Reader(raw, f"params.{name}")
+        meta[name] = (tuple(p.integers("shape")), p.integer("numel"),
+                      dtype_named(p.raw("dtype"), p.where), p.flag("requires_grad"))
+        key = p.text("tensor", optional=True)
+        if key is not None:
+            value = _tensor(tensors, key, p.where)
+            if meta[name][3] and (value.is_floating_point() or value.is_complex()):
+                # As in the model: kernels that check for autograd (MHA's fast path) then
+                # take the same route in replay as at capture.
+                value.requires_grad_(True)
+            values[name] = value
+    info = {}
+    for address, raw in doc.mapping("module_info").items():
+        if (not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], str)
+                or not isinstance(raw[1], list) or not all(isinstance(x, str) for x in raw[1])):
+            raise LoadError(f"module_info.{address}: expected [class name, [param names]].")
+        info[address] = (raw[0], tuple(raw[1]))
+    options = {k: _plain(decode(v, f"options.{k}")) for k, v in doc.mapping("options").items()}
+    trace = Trace(ops=ops, layers=layers, model_name=doc.text("model_name"),
+                  module_calls=calls, module_info=info, param_meta=meta, param_values=values,
+                  output=decode(doc.raw("output"), "output", tensors),
+                  save_spec=_plain(decode(doc.raw("save_spec"), "save_spec")),
+                  halted=doc.flag("halted"), elapsed=doc.number("elapsed"), options=options)
+    return trace
+
+
+def _plain(v: Any) -> Any:
+    return Repr(v.text) if isinstance(v, Opaque) else v
+
+
+def _tensor(tensors: dict[str, torch.Tensor], key: Any, where: str) -> torch.Tensor:
+    if not isinstance(key, str) or key not in tensors:
+        raise LoadError(f"{where}: tensor {key!r:.60} is not in {TENSORS_NAME}.")
+    return tensors[key]
+
+
+def _module_calls(doc: Reader) -> list[ModuleCallRecord]:
+    calls: list[ModuleCallRecord] = []
+    for i, raw in enumerate(doc.array("module_calls")):
+        c = Reader(raw, f"module_calls[{i}]")
+        parent = c.integer("parent", optional=True)
+        if parent is not None and not 0 <= parent < i:
+            raise LoadError(f"{c.where}: parent {parent} must name an earlier module call.")
+        rec = ModuleCallRecord(c.text("address"), c.integer("call_num"), c.text("class_name"),
+                               None if parent is None else calls[parent], c.integer("first_op"),
+                               c.integer("depth"))
+        rec.last_op = c.integer("last_op")
+        rec.input_ops = tuple(c.integers("input_ops"))
+        rec.output_ops = list(c.integers("output_ops"))
+        calls.append(rec)
+    return calls
+
+
+def _calls_at(r: Reader, key: str, calls: list[ModuleCallRecord]) -> list[ModuleCallRecord]:
+    found = []
+    for i in r.integers(key):
+        if not 0 <= i < len(calls):
+            raise LoadError(f"{r.where}.{key}: module call {i} does not exist.")
+        found.append(calls[i])
+    return found
+
+
+def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
+        tensors: dict[str, torch.Tensor]) -> Op:
+    kind = r.text("kind")
+    func_name = r.text("func_name")
+    args = decode(r.raw("args"), f"{r.where}.args")
+    if not isinstance(args, tuple):
+        raise LoadError(f"{r.where}.args: expected a tuple.")
+    kwargs = {k: decode(v, f"{r.where}.kwargs.{k}") for k, v in r.mapping("kwargs").items()}
+    func = _func(r, kind, func_name, args, kwargs)
+    payload_key = r.text("payload", optional=True)
+    payload = None if payload_key is None else _tensor(tensors, payload_key, r.where)
+    out_index = decode(r.raw("out_index"), f"{r.where}.out_index")
+    if not isinstance(out_index, tuple) or not all(isinstance(k, (int, str)) for k in out_index):
+        raise LoadError(f"{r.where}.out_index: expected a tuple of ints and strings.")
+    op = Op(slots, r.integer("call_index"), kind, func, func_name, r.text("type"), args, kwargs,
+            tuple(r.integers("parents")), payload, None, tuple(_calls_at(r, "module_ctx", calls)),
+            tuple(r.texts("params")), r.number("elapsed"), out_index, r.integer("call_id"),
+            r.integer("mutates", optional=True), r.text("address", optional=True))
+    op.child_idx = list(r.integers("children"))
+    op._saved = r.flag("saved")
+    op.shape = tuple(r.integers("shape"))
+    dt = r.raw("dtype")
+    op.dtype = None if dt is None else dtype_named(dt, f"{r.where}.dtype")
+    dev = r.text("device", optional=True)
+    op.device = None if dev is None else decode({"$": "device", "v": dev}, f"{r.where}.device")
+    op.requires_grad = r.flag("requires_grad")
+    op.output_of = _calls_at(r, "output_of", calls)
+    op.fired = [Repr(s) for s in r.texts("fired")]
+    op.code = decode(r.raw("code"), f"{r.where}.code")
+    op.bool_used = r.flag("bool_used")
+    grad_key = r.text("grad", optional=True)
+    if grad_key is not None:
+        op.grad = _tensor(tensors, grad_key, r.where)
+    if isinstance(func, NotReplayable):
+        func.op = op
+    return op
+
+
+def _func(r: Reader, kind: str, func_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
+    name = r.text("func", optional=True)
+    func = None if name is None else names.resolve(name)  # LoadError outside the allow-list
+    if kind != OP:
+        if func is not None:
+            raise LoadError(f"{r.where}: a {kind!r} op has no function, but names {name!r}.")
+        return None
+    if func is None:
+        what = r.text("func_unresolved", optional=True) or func_name
+        return NotReplayable(func_name, f"its function {what} is not a torch operation "
+                             "lens can name in a file")
+    if contains_opaque(args) or contains_opaque(kwargs):
+        return NotReplayable(func_name, "some of its arguments are values lens could not "
+                             "write portably (shown as <opaque ...> in op.args)", func)
+    return func
+
+
+def _refs(v: Any) -> list[int]:
+    if isinstance(v, Ref):
+        return [v.op]
+    if isinstance(v, ParamRef):
+        return []
+    if isinstance(v, (tuple, list)):
+        return [i for x in v for i in _refs(x)]
+    if isinstance(v, dict):
+        return [i for x in v.values() for i in _refs(x)]
+    return []
+
+
+def _check_graph(ops: list[Op], slots: list[Any], calls: list[ModuleCallRecord]) -> None:
+    for op in ops:
+        where = f"op #{op.call_index}"
+        for p in op.parent_idx:
+            if not 0 <= p < op.call_index or slots[p] is None:
+                raise LoadError(f"{where}: parent {p} is not an earlier op of the trace.")
+        for c in op.child_idx:
+            if not op.call_index < c < len(slots) or slots[c] is None:
+                raise LoadError(f"{where}: child {c} is not a later op of the trace.")
+        if not set(_refs((op.args, op.kwargs))) <= set(op.parent_idx):
+            raise LoadError(f"{where}: its arguments refer to ops that are not its parents.")
+        if op.mutates is not None and not 0 <= op.mutates < max(len(op.args), 1):
+            raise LoadError(f"{where}: mutated argument {op.mutates} does not exist.")
+
+
+def _layers(doc: Reader, ops: list[Op]) -> list[Layer]:
+    layers: list[Layer] = []
+    seen = [False] * len(ops)
+    for i, raw in enumerate(doc.array("layers")):
+        r = Reader(raw, f"layers[{i}]")
+        layer = Layer(r.text("label"), r.text("short_label"), r.text("type"),
+                      r.integer("total_num"))
+        for k, pos in enumerate(r.integers("passes")):
+            if not 0 <= pos < len(ops) or seen[pos]:
+                raise LoadError(f"{r.where}: pass position {pos} is invalid or repeated.")
+            seen[pos] = True
+            op = ops[pos]
+            op.index = pos
+            op.layer = layer
+            op.pass_num = k + 1
+            layer.passes.append(op)
+        layers.append(layer)
+    if not all(seen):
+        raise LoadError(f"layers: op {seen.index(False)} belongs to no layer.")
+    return layers

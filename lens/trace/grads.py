@@ -1,0 +1,130 @@
+"""Per-op gradients: ``tl.trace(model, x, save_grads=...)`` then ``trace.log_backward(loss)``.
+
+:class:`GradCapture` is a capture interceptor: for each op whose tensor requires grad it
+registers a tensor hook (``Tensor.register_hook``) that stores the gradient flowing
+through that op in ``op.grad``, and returns the tensor unchanged. Which ops: a selector
+(``save_grads=tl.func('relu')``) or everything (``save_grads=True``). Selectors decidable
+while the model runs are applied at once (no hook on other ops); the others (module
+outputs, final labels, ordinals) are applied when the gradient arrives, on the finished
+trace.
+
+Semantics:
+
+- ``op.grad`` is the gradient of the loss with respect to the op's output tensor *as that
+  op produced it* (for a tensor later modified in place, the gradient of the value before
+  the in-place op: PyTorch's rule for hooks registered before an in-place change).
+- Each pass of a recurrent layer is its own op, so per-pass gradients come out as is.
+- Several backward calls accumulate: ``op.grad`` is the sum over calls, as ``Tensor.grad``
+  is. Set ``op.grad = None`` (or trace again) to start over.
+- Inputs and outputs get their hooks in :func:`log_backward` (they are not ops the model
+  runs); an input needs ``requires_grad=True`` to have a gradient.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Collection
+from typing import Any
+
+from torch import Tensor
+
+from ..capture.engine import _tensor_leaves
+from ..capture.policy import SelectorPolicy
+from ..capture.records import INPUT, OUTPUT
+from ..errors import PayloadError
+from ..selectors import ALL, Selector, coerce
+from . import ext
+
+
+class _Store:
+    """The tensor hook of one op: adds the incoming gradient to ``op.grad``."""
+
+    __slots__ = ("op", "check")
+
+    def __init__(self, op: Any, check: SelectorPolicy | None) -> None:
+        self.op = op
+        self.check = check  # decided when the gradient arrives, on the finished trace
+
+    def __call__(self, grad: Tensor) -> None:
+        op = self.op
+        if self.check is not None and not self.check.decide(op, "final"):
+            return
+        old = op.grad
+        op.grad = grad if old is None else old + grad
+
+
+class GradCapture:
+    """Interceptor that stores gradients of matching ops in ``op.grad`` (see module doc)."""
+
+    def __init__(self, spec: Any = True, module_addresses: Collection[str] | None = None
+                 ) -> None:
+        sel = coerce(spec, module_addresses=module_addresses)
+        if module_addresses is not None:
+            sel.validate(module_addresses=frozenset(module_addresses))
+        self.selector: Selector = sel
+        self._all = sel is ALL
+        self._live = sel.timing == "live"
+        self._deferred = None if self._live else SelectorPolicy(sel)
+
+    def __call__(self, op: Any, value: Tensor) -> Tensor:
+        if not value.requires_grad:
+            return value
+        if self._all or (self._live and self.selector(op)):
+            value.register_hook(_Store(op, None))  # type: ignore[no-untyped-call]
+        elif not self._live:
+            value.register_hook(_Store(op, self._deferred))  # type: ignore[no-untyped-call]
+        return value
+
+    def __repr__(self) -> str:
+        return f"GradCapture({self.selector!r})"
+
+
+# Inputs/outputs already given a hook, so repeated backward calls do not hook them twice.
+_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def log_backward(trace: Any, loss: Tensor, retain_graph: bool = False) -> None:
+    """Run ``loss.backward()`` and store each captured op's gradient in ``op.grad``.
+
+    Needs a trace captured with ``save_grads=True`` (or a selector). Calling it again
+    (with ``retain_graph=True`` on the earlier calls) adds to the stored gradients.
+    """
+    spec = trace.options.get("save_grads", False)
+    if spec is False or spec is None:
+        raise PayloadError(
+            "This trace was captured without gradient capture, so backward has nowhere to "
+            "store gradients. Re-capture with tl.trace(model, x, save_grads=True) (or "
+            "save_grads=tl.func('relu') for some ops), then call trace.log_backward(loss).")
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        raise PayloadError(
+            "log_backward needs a loss tensor that requires grad, computed from the traced "
+            "forward's output (e.g. trace[trace.output_layers[0]].out.sum()). A trace taken "
+            "with detach=True, under torch.no_grad(), or of a model with no trainable "
+            "parameters and inputs without requires_grad has no graph to go back through.")
+    _hook_sources(trace, spec)
+    loss.backward(retain_graph=retain_graph)  # type: ignore[no-untyped-call]
+
+
+def _hook_sources(trace: Any, spec: Any) -> None:
+    sel = coerce(spec, module_addresses=set(trace.module_info))
+    sel = sel.bind_ordinals(trace.ops)
+    outputs = [t for _, t in _tensor_leaves(trace.output, ())]
+    n_out = 0
+    for op in trace.ops:
+        if op.kind not in (INPUT, OUTPUT):
+            continue
+        value = op.payload
+        if op.kind == OUTPUT:
+            if value is None and n_out < len(outputs):
+                value = outputs[n_out]
+            n_out += 1
+        if (op in _HOOKED or not isinstance(value, Tensor) or not value.requires_grad
+                or not sel(op)):
+            continue
+        value.register_hook(_Store(op, None))  # type: ignore[no-untyped-call]
+        _HOOKED.add(op)
+
+
+ext.register("log_backward", log_backward)
+
+__all__ = ["GradCapture", "log_backward"]

@@ -1,0 +1,256 @@
+"""Light paths: ``tl.record`` (capture now, build the Trace later) and ``tl.pluck`` (one
+activation in one call).
+
+``record`` runs the capture engine exactly as ``tl.trace`` does but stops before
+postprocessing (orphan trimming, loop detection, labels), which is most of the cost of a
+trace beyond the forward itself. The :class:`Recording` gives the kept payloads by call
+index at once and builds the full :class:`Trace` on demand (``to_trace()``).
+
+``pluck`` returns the output of the first op a site matches, at the lowest cost that site
+allows:
+
+- a selector decidable while the model runs (``tl.func('relu')``, ``tl.in_module(...)``)
+  or a module address (``'features.6'``, ``'fc:2'``, ``tl.module(...)``): one forward that
+  halts right after the op, keeping only its payload, with no postprocessing;
+- a final label (``'relu_1_2'``, ``'linear_1_1:2'``, ``tl.label(...)``): labels exist only
+  after postprocessing, so one full forward is needed. Rather than a metadata-only pass
+  followed by a halted second pass (two forwards, and a second pass whose random draws
+  would differ from the first), lens runs one pass that keeps, undecided, only the ops of
+  the label's type (``relu`` for ``'relu_1_2'``) and picks the labelled one after
+  postprocessing: one forward, memory bounded by the ops of that type;
+- anything else (ordinals, substrings, lookahead selectors): one full forward with
+  ``save=site``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from time import perf_counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..capture import PayloadOptions, Recorder, check_model, run_forward
+from ..capture.model_index import ModelIndex
+from ..capture.policy import STAGE_RANK, SelectorPolicy, halt_predicate
+from ..capture.records import OpRecord
+from ..errors import LookupKeyError, PayloadError
+from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
+from ..selectors._places import _ADDRESS
+from .api import _interceptors, _policy, build
+from .grads import GradCapture
+from .op import Op
+from .trace import Trace
+
+
+class Recording:
+    """A finished capture, not yet postprocessed.
+
+    ``payloads`` maps call index -> kept tensor; ``recording[i]`` is one of them and
+    ``recording['relu']`` lists the kept payloads of ops with that function name or type,
+    in call order. ``to_trace()`` builds the full :class:`Trace` (once; later calls return
+    the same object). Payloads of selectors decidable only on the finished trace (final
+    labels, ordinals) are decided by ``to_trace()``.
+    """
+
+    def __init__(self, recorder: Recorder, model: Any, output: Any, save_spec: Any,
+                 elapsed: float, options: dict[str, Any]) -> None:
+        self.recorder = recorder
+        self.model = model
+        self.output = output
+        self.save_spec = save_spec
+        self.elapsed = elapsed
+        self.options = options
+        self._trace: Trace | None = None
+
+    @property
+    def ops(self) -> list[OpRecord]:
+        """Every recorded op in call order (raw records: no labels yet)."""
+        return self.recorder.ops
+
+    @property
+    def halted(self) -> bool:
+        return self.recorder.halted
+
+    @property
+    def payloads(self) -> dict[int, torch.Tensor]:
+        return {op.call_index: op.payload for op in self.recorder.ops if op.payload is not None}
+
+    def __len__(self) -> int:
+        return len(self.recorder.ops)
+
+    def __iter__(self) -> Iterator[OpRecord]:
+        return iter(self.recorder.ops)
+
+    def __getitem__(self, key: int | str) -> Any:
+        ops = self.recorder.ops
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not 0 <= key < len(ops):
+                raise LookupKeyError(f"Call index {key} is out of range: this recording "
+                                     f"has {len(ops)} ops (0 .. {len(ops) - 1}).")
+            op = ops[key]
+            if op.payload is None:
+                raise PayloadError(
+                    f"Op #{key} ({op.func_name}) was recorded without its payload "
+                    f"(save={self.save_spec!r}). Record with a save= selector that matches "
+                    "it, or call .to_trace() first if the selector needs the finished "
+                    "trace (labels, ordinals).")
+            return op.payload
+        if isinstance(key, str):
+            found = [op.payload for op in ops
+                     if op.payload is not None and key in (op.func_name, op.type)]
+            if not found and not any(key in (op.func_name, op.type) for op in ops):
+                raise LookupKeyError(
+                    f"No recorded op has function or type {key!r}. A recording is indexed "
+                    "by call index (int) or function name ('relu'); build the trace with "
+                    ".to_trace() to index by label or module address.")
+            return found
+        raise LookupKeyError(f"Index a recording with a call index (int) or a function "
+                             f"name (str); got {type(key).__name__}.")
+
+    def to_trace(self, *, keep_orphans: bool | None = None,
+                 detect_loops: bool | None = None) -> Trace:
+        """Postprocess into a :class:`Trace` (labels, layers, modules)."""
+        if self._trace is None:
+            ko = self.options["keep_orphans"] if keep_orphans is None else keep_orphans
+            dl = self.options["detect_loops"] if detect_loops is None else detect_loops
+            self._trace = build(self.recorder, self.model, self.output, self.save_spec,
+                                self.elapsed, keep_orphans=ko, detect_loops=dl)
+            self._trace.options.update(
+                intervention_ready=self.options["intervention_ready"],
+                save_grads=self.options["save_grads"])
+        return self._trace
+
+    def __repr__(self) -> str:
+        state = "halted, " if self.halted else ""
+        return (f"<Recording of {type(self.model).__name__}: {len(self)} ops, {state}"
+                f"{len(self.payloads)} payloads kept>")
+
+
+def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
+           save: Any = True, detach: bool = False, device: Any = None, dtype: Any = None,
+           halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
+           detect_loops: bool = True, lookback: int | None = None,
+           code_context: bool = False, intervention_ready: bool = False,
+           save_grads: Any = False) -> Recording:
+    """Run ``model(*args, **input_kwargs)`` under the capture engine, skip postprocessing.
+
+    Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
+    ``.to_trace()`` builds the trace. Cheapest with a sparse ``save=`` selector.
+    """
+    check_model(model)
+    index = ModelIndex(model)
+    addresses = index.addresses
+    save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
+    halt_fn = halt_predicate(halt, addresses) if halt is not None else None
+    interceptors = _interceptors(intervene, addresses)
+    if save_grads is not False and save_grads is not None:
+        interceptors = (*interceptors, GradCapture(save_grads, addresses))
+    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+                   policy=policy, interceptors=interceptors, halt=halt_fn,
+                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
+                   index=index)
+    t0 = perf_counter()
+    output = run_forward(model, rec, args, dict(input_kwargs or {}))
+    elapsed = perf_counter() - t0
+    return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
+                     {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
+                      "intervention_ready": intervention_ready, "save_grads": save_grads})
+
+
+_LABEL_TYPE = re.compile(r"^([a-z0-9]+)_\d")
+
+
+class _TypeCandidates:
+    """Save policy for a final label: ops of the label's type wait for the final decision;
+    every other op is dropped at once."""
+
+    lookback = 0
+
+    def __init__(self, selector: Selector, types: frozenset[str]) -> None:
+        self.types = types
+        self.final = SelectorPolicy(selector)
+
+    def decide(self, op: Any, stage: str) -> bool | None:
+        if stage == "final":
+            return self.final.decide(op, stage)
+        return None if op.type in self.types else False
+
+
+def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any] | None = None,
+          detach: bool = False, device: Any = None, dtype: Any = None) -> torch.Tensor:
+    """The output tensor of the first op ``site`` matches: ``tl.pluck(model, x, 'relu_1_2')``.
+
+    ``site`` is the last positional argument (or ``site=``): a final label, a module
+    address (``'features.6'``, ``'fc:2'``) or a selector. See the module docstring for the
+    cost of each kind.
+    """
+    if site is None:
+        if not args:
+            raise LookupKeyError("tl.pluck(model, *inputs, site): name the site to read, "
+                                 "e.g. tl.pluck(model, x, 'relu_1_2').")
+        args, site = args[:-1], args[-1]
+    check_model(model)
+    index = ModelIndex(model)
+    sel = _site_selector(site, index.addresses)
+    opts = {"detach": detach, "device": device, "dtype": dtype}
+    kwargs = dict(input_kwargs or {})
+    if STAGE_RANK[sel.timing] <= 1:
+        rec = record(model, *args, input_kwargs=kwargs, save=sel, halt=sel, **opts)
+        ops: list[Any] = rec.ops
+        for op in ops:
+            if op.payload is not None and sel(op):
+                return op.payload  # type: ignore[no-any-return]
+        raise _no_match(site)
+    types = _label_types(sel)
+    if types is not None:
+        engine = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+                          policy=_TypeCandidates(sel, types), payload=PayloadOptions(**opts),
+                          index=index)
+        output = run_forward(model, engine, args, kwargs)
+        found = build(engine, model, output, sel, 0.0)
+    else:
+        found = record(model, *args, input_kwargs=kwargs, save=sel, **opts).to_trace()
+    bound = sel.bind_ordinals(found.ops)
+    for op in found.ops:
+        if op.payload is not None and bound(op):
+            return op.payload
+    if isinstance(sel, Label):
+        for name in sel.labels:
+            found[name]  # noqa: B018 - raises LookupKeyError with the closest labels
+    raise _no_match(site)
+
+
+def _site_selector(site: Any, addresses: set[str]) -> Selector:
+    if isinstance(site, str):
+        hit = _ADDRESS.match(site)
+        if hit is not None and hit.group("address") in addresses:
+            sel: Selector = module(site)
+        else:
+            sel = coerce(site, module_addresses=addresses)
+    else:
+        sel = coerce(site, module_addresses=addresses)
+    sel.validate(module_addresses=frozenset(addresses))
+    return sel
+
+
+def _label_types(sel: Selector) -> frozenset[str] | None:
+    """Op types a label selector can match (None: not a plain label selector)."""
+    if not isinstance(sel, Label):
+        return None
+    types = set()
+    for name in sel.labels:
+        found = _LABEL_TYPE.match(name) if LABEL_PATTERN.match(name) else None
+        if found is None:
+            return None
+        types.add(found.group(1))
+    return frozenset(types)
+
+
+def _no_match(site: Any) -> LookupKeyError:
+    return LookupKeyError(
+        f"tl.pluck: {site!r} matched no op of this forward pass. Check the name with "
+        "tl.trace(model, x, save=False).labels (labels) or model.named_modules() "
+        "(module addresses).")
