@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from . import capture, sweeps
+from . import capture, extraction, sweeps
 from .common import THREADS, Section, bench_models
 
 SECTIONS = {
     "capture": capture.run,
     "postprocess": capture.postprocess,
+    "extraction": extraction.run,
     "sweeps": sweeps.run,
 }
 
