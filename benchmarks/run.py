@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from . import capture, extraction, sweeps
+from . import capture, extraction, interventions, sweeps
 from .common import THREADS, Section, bench_models
 
 SECTIONS = {
     "capture": capture.run,
     "postprocess": capture.postprocess,
     "extraction": extraction.run,
+    "interventions": interventions.run,
     "sweeps": sweeps.run,
 }
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from . import sweeps as sweep
 from .bundles import Bundle, bundle
 from .draw import show_graph
-from .io import extract_dataset, load, load_dataset_activations, save
-from .trace.record import Recording, pluck, record
 from .errors import (
     CaptureError,
     DrawError,
@@ -27,6 +25,29 @@ from .errors import (
     ReplayError,
     SelectorError,
 )
+from .interventions import (
+    Action,
+    Fork,
+    InterventionWarning,
+    When,
+    action,
+    clamp,
+    mean_ablate,
+    noise,
+    patch_from,
+    project_off,
+    project_onto,
+    replace_with,
+    resample_ablate,
+    run,
+    scale,
+    splice_module,
+    steer,
+    swap_with,
+    when,
+    zero_ablate,
+)
+from .io import extract_dataset, load, load_dataset_activations, save
 from .selectors import (
     everything,
     followed_by,
@@ -40,15 +61,19 @@ from .selectors import (
 )
 from .sweeps import RayExecutor, SweepResult
 from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
+from .trace.record import Recording, pluck, record
 from .validate import ValidationReport, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "Bundle",
     "CaptureError",
     "DrawError",
+    "Fork",
     "InterventionError",
+    "InterventionWarning",
     "Layer",
     "LensError",
     "LoadError",
@@ -60,15 +85,18 @@ __all__ = [
     "Op",
     "OpGroup",
     "PayloadError",
-    "Recording",
     "RayExecutor",
+    "Recording",
     "ReplayError",
     "SelectorError",
     "SweepResult",
     "Trace",
     "ValidationReport",
+    "When",
     "__version__",
+    "action",
     "bundle",
+    "clamp",
     "everything",
     "extract_dataset",
     "followed_by",
@@ -77,15 +105,29 @@ __all__ = [
     "label",
     "load",
     "load_dataset_activations",
+    "mean_ablate",
     "module",
+    "noise",
     "nothing",
+    "patch_from",
     "pluck",
     "preceded_by",
+    "project_off",
+    "project_onto",
     "record",
+    "replace_with",
+    "resample_ablate",
+    "run",
     "save",
+    "scale",
     "show_graph",
+    "splice_module",
+    "steer",
+    "swap_with",
     "sweep",
     "trace",
     "validate",
+    "when",
     "where",
+    "zero_ablate",
 ]

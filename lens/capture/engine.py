@@ -38,7 +38,17 @@ class Interceptor(Protocol):
     """The extension point: sees each op's output tensor and returns it or a replacement.
 
     Live interventions plug in here. ``op`` is the record just written (its ``payload`` is
-    not yet set when the policy has not saved it).
+    not yet set when the policy has not saved it). A replacement of an in-place op's
+    output is written into the mutated tensor (the model keeps using that object).
+
+    Optional, looked up once per recorder (duck-typed, so plain callables qualify):
+
+    - ``attach(recorder)``: called when the recorder is created; ``recorder.current_inputs``
+      then holds the ``(args, kwargs)`` of the call being intercepted (the op's call, or
+      the module call at its exit).
+    - ``on_module_output(op, value) -> value``: called at each module exit for every
+      tensor the module returns (``op.output_of[-1]`` is the exiting call); a replacement
+      becomes the module's output, as a forward hook's return value would.
     """
 
     def __call__(self, op: OpRecord, value: Tensor) -> Tensor: ...
@@ -117,6 +127,15 @@ class Recorder(TorchFunctionMode):
         self._save_all = isinstance(self.policy, SaveAll)
         self._save_none = isinstance(self.policy, SaveNone)
         self.interceptors = interceptors
+        # --- interception extras (see Interceptor): module-exit hooks, live call inputs
+        self._exit_hooks = tuple(h.on_module_output for h in interceptors
+                                 if hasattr(h, "on_module_output"))
+        self.current_inputs: tuple[Any, dict[str, Any]] | None = None
+        for h in interceptors:
+            attach = getattr(h, "attach", None)
+            if attach is not None:
+                attach(self)
+        # --- end interception extras
         self.halt = halt
         self.payload = payload or PayloadOptions()
         self._plain_payload = self.payload.identity
@@ -282,15 +301,23 @@ class Recorder(TorchFunctionMode):
                        elapsed, (), self.next_call_id, mutated)
         if self.code_context:
             op.code = _user_frame()
+        if self.interceptors:
+            self.current_inputs = (args, kwargs)
         return self._after(op, out)
 
     def _after(self, op: OpRecord, out: Tensor) -> Tensor:
         for hook in self.interceptors:
             new = hook(op, out)
             if new is not out:
-                out = new
-                self.tensor_map[id(out)] = (op.call_index, weakref.ref(out),
-                                            Ref(op.call_index))
+                if op.mutates is not None:
+                    # In place: the model goes on using the tensor it mutated, so the
+                    # replacement is written into it (copy on write for saved payloads).
+                    self._before_inplace(out)
+                    out.copy_(new)
+                else:
+                    out = new
+                    self.tensor_map[id(out)] = (op.call_index, weakref.ref(out),
+                                                Ref(op.call_index))
                 if op._saved:
                     self._keep(op, out)
                 elif op.call_index in self.pending:
@@ -308,6 +335,8 @@ class Recorder(TorchFunctionMode):
         leaves = list(_tensor_leaves(out, ()))
         replaced: dict[tuple[int | str, ...], Tensor] = {}
         halting = False
+        if self.interceptors:
+            self.current_inputs = (args, kwargs)
         for path, t in leaves:
             op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, t, params,
                            elapsed, path, call_id, None)
@@ -375,13 +404,18 @@ class Recorder(TorchFunctionMode):
                 op = self._new(IDENTITY, None, "identity", "identity", (targ,), {},
                                tuple(parents), t)
                 self.ctx = self.ctx[:-1]
-                new = self._after(op, t)
+                if self.interceptors:
+                    self.current_inputs = ((t,), {})
+                with torch._C.DisableTorchFunction():  # hooks run with the mode active
+                    new = self._after(op, t)
                 if new is not t:
                     replaced[path] = new
                 idx = op.call_index
             rec = self.ops[idx]
             rec.output_of.append(call)
             call.output_ops.append(idx)
+            if self._exit_hooks:
+                self._exit_edit(rec, path, replaced.get(path, t), replaced, args, kwargs)
             if idx in self.pending:
                 decision = self.policy.decide(rec, "module_exit")
                 if decision is not None:
@@ -408,6 +442,23 @@ class Recorder(TorchFunctionMode):
         if replaced:
             return _rebuild(output, (), replaced)
         return None
+
+    def _exit_edit(self, rec: OpRecord, path: Path, value: Tensor,
+                   replaced: dict[Path, Tensor], args: Any, kwargs: Any) -> None:
+        """Module exit: let ``on_module_output`` hooks replace one returned tensor."""
+        self.current_inputs = (args, kwargs)
+        new = value
+        with torch._C.DisableTorchFunction():  # forward hooks run with the mode active
+            for hook in self._exit_hooks:
+                new = hook(rec, new)
+        if new is value:
+            return
+        replaced[path] = new
+        self.tensor_map[id(new)] = (rec.call_index, weakref.ref(new), Ref(rec.call_index))
+        if rec._saved:
+            self._keep(rec, new)
+        elif rec.call_index in self.pending:
+            self.pending[rec.call_index] = new
 
     @contextmanager
     def attached(self) -> Iterator[Recorder]:

@@ -40,13 +40,16 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
     halt_fn = halt_predicate(halt, addresses) if halt is not None else None
-    interceptors = _interceptors(intervene, addresses)
+    interceptors = _interceptors(intervene, addresses, {
+        "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
     if save_grads is not False and save_grads is not None:
         interceptors = (*interceptors, GradCapture(save_grads, addresses))
     rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
                    policy=policy, interceptors=interceptors, halt=halt_fn,
                    payload=PayloadOptions(detach, device, dtype), code_context=code_context,
                    index=index)
+    # Replay and rerun re-draw random ops from the RNG state the capture started from.
+    rng = _rng_snapshot() if intervention_ready else None
     with _no_gc():
         t0 = perf_counter()
         output = run_forward(model, rec, args, kwargs)
@@ -54,7 +57,23 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         result = build(rec, model, output, save_sel if save_sel is not None else save,
                        elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
     result.options.update(intervention_ready=intervention_ready, save_grads=save_grads)
+    if rng is not None:
+        result.options["rng_state"] = rng
+    for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
+        close = getattr(r, "close", None)
+        if close is not None:
+            close(result)
     return result
+
+
+def _rng_snapshot() -> dict[str, Any]:
+    """The default generators' states: CPU, and each CUDA device once CUDA is in use."""
+    import torch
+
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float, *,
@@ -111,10 +130,14 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
     return sel, SelectorPolicy(sel, lookback or 0)
 
 
-def _interceptors(intervene: Any, addresses: set[str]) -> tuple[Any, ...]:
+def _interceptors(intervene: Any, addresses: set[str],
+                  context: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """Validate rules, then ``bind`` each to this run (``context``: model, args, kwargs,
+    module_addresses; shared by the rules of one call, e.g. for one reference pre-pass)."""
     if intervene is None:
         return ()
     rules = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]
+    bound = []
     for r in rules:
         if not callable(r):
             raise CaptureError(
@@ -122,7 +145,9 @@ def _interceptors(intervene: Any, addresses: set[str]) -> tuple[Any, ...]:
         check = getattr(r, "validate", None)
         if check is not None:
             check(module_addresses=addresses)
-    return tuple(rules)
+        bind = getattr(r, "bind", None)
+        bound.append(bind(context if context is not None else {}) if bind is not None else r)
+    return tuple(bound)
 
 
 def _model_name(model: Any) -> str:

@@ -176,3 +176,16 @@ def test_result_table_heatmap_and_save(gpt2, tmp_path):
     for suffix in (".parquet", ".csv", ".jsonl"):
         path = res.save(str(tmp_path / f"rows{suffix}"))
         assert (tmp_path / f"rows{suffix}").stat().st_size > 0, path
+
+
+def test_ablation_defaults_to_zero_ablation_and_takes_restricted_actions(gpt2):
+    model, clean, _ = gpt2
+    by_hand = sweeps.ablation(model, clean, BLOCKS, action=_zero, metric=logit_diff,
+                              progress=False)
+    default = sweeps.ablation(model, clean, BLOCKS, metric=logit_diff, progress=False)
+    assert [r["value"] for r in default.rows] == [r["value"] for r in by_hand.rows]
+    half = sweeps.ablation(model, clean, BLOCKS[:1], action=tl.scale(0.0).at[:, 1],
+                           metric=logit_diff, progress=False)
+    at_one = sweeps.ablation(model, clean, BLOCKS[:1], action=_zero, positions=[1],
+                             metric=logit_diff, progress=False)
+    assert math.isclose(half.rows[0]["value"], at_one.rows[0]["value"], rel_tol=1e-6)

@@ -1,0 +1,322 @@
+"""``trace.fork()``: edit a finished trace and replay, or rerun the model with the edits.
+
+A :class:`Fork` is a :class:`~lens.trace.Trace` with its own op objects that share every
+payload with the source (copy on write: replay swaps payload references on the fork's
+ops, never writes into a tensor). ``intervene`` records edits; ``replay`` recomputes only
+the ops downstream of the edited sites from recorded functions and saved payloads (no
+model code runs); ``rerun`` runs the model live with the same edits, matching sites by
+call order and checking the new run's graph against the source op by op.
+
+Capture the source with ``tl.trace(model, x, intervention_ready=True)``: every payload is
+kept and the random state recorded, so replay equals rerun (see ``_replay``).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ..capture.records import IDENTITY, OP
+from ..errors import InterventionError, PayloadError
+from ..selectors import Selector, coerce, split_call
+from ..trace import Layer, Op, OpGroup, Trace
+from ._base import Action, checked
+from ._base import action as as_action
+from ._match import CallOrderMatcher, preserved_rng, records
+from ._replay import ForkInterpreter, output_structure
+from ._sites import ValueSite, describe
+from .rules import TARGETS, InterventionWarning, LiveRule, When
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True, eq=False)
+class Edit:
+    """One ``intervene`` call: the rule it stands for and the sites it resolved to, each
+    with the module call at whose exit it applies (None: as the op runs)."""
+
+    spec: When
+    targets: tuple[tuple[int, Any], ...]
+
+
+class Fork(Trace):
+    """A trace to edit: ``intervene``, then ``replay()`` or ``rerun(model, x)``."""
+
+    def __init__(self, source: Trace) -> None:  # noqa: D107 - see fork()
+        cached = _cached_names(type(source))
+        self.__dict__.update({k: v for k, v in source.__dict__.items() if k not in cached})
+        old = records(source)
+        new: list[Op] = [_copy_op(r) for r in old]
+        for r in new:
+            r._ops = new
+        layers = []
+        for layer in source.layer_list:
+            copy = Layer(layer.label, layer.short_label, layer.type, layer.total_num)
+            copy.passes = [new[op.call_index] for op in layer.passes]
+            for op in copy.passes:
+                op.layer = copy
+            layers.append(copy)
+        self.ops = [new[op.call_index] for op in source.ops]
+        self.layer_list = layers
+        self._by_call = {op.call_index: op for op in self.ops}
+        for op in self.ops:
+            op.trace = self
+        self.options = dict(source.options)
+        self.source = source
+        self.edits: list[Edit] = []
+        self._touched: set[int] = set()
+
+    # ------------------------------------------------------------------ editing
+    def intervene(self, site: Any, action: Any, *, strict: bool = True) -> Fork:
+        """Record an edit: ``action`` at ``site`` (a final label, with ``:k`` for one
+        pass; a layer label for all passes; a module address such as ``'fc'`` or
+        ``'fc:2'``, edited at the module's exit; a selector; or an op). Returns the fork."""
+        act = as_action(action)
+        ops, exit_sel = sites(self, site)
+        if not ops:
+            msg = (f"{site!r} matches no op of this trace; trace.find_sites(...) and "
+                   "trace.labels list what exists.")
+            if strict:
+                raise InterventionError(msg + " Pass strict=False to allow this.")
+            warnings.warn(msg, InterventionWarning, stacklevel=2)
+        targets = []
+        for op in ops:
+            call = _exit_call(op, exit_sel) if exit_sel is not None else None
+            if exit_sel is not None and call is None:
+                raise InterventionError(
+                    f"{site!r} selects {describe(op)}, which no module returns. Selectors "
+                    "that involve tl.module(...) are decided when a module returns, so they "
+                    "only reach module outputs; give the other ops their own intervene().")
+            targets.append((op.call_index, call))
+        self.edits.append(Edit(When(site, act, strict), tuple(targets)))
+        return self
+
+    def clear(self) -> Fork:
+        """Drop every edit and restore the source's values."""
+        self.edits.clear()
+        self._restore()
+        return self
+
+    # ------------------------------------------------------------------ replay
+    def replay(self) -> Fork:
+        """Recompute the ops downstream of the edited sites; returns the fork."""
+        self._restore()
+        plan = self._plan()
+        if not plan:
+            return self
+        src = self.source
+        interp = ForkInterpreter(src)
+        base: dict[int, Tensor] = {}
+        first = min(src._by_call[ci].index for ci in plan)
+        try:
+            for op in src.ops[first:]:
+                ci = op.call_index
+                steps = plan.get(ci)
+                if any(interp.changed_for(p, ci, base) for p in op.parent_idx):
+                    value = interp.run_op(op)
+                    if steps is None:
+                        interp.env[ci] = value
+                        continue
+                elif steps is None:
+                    continue
+                else:
+                    value = interp.value(ci)
+                base[ci] = value
+                interp.versions[ci] = self._versions(op, value, steps, interp)
+        except PayloadError as e:
+            raise PayloadError(
+                f"{e} The source trace was captured with save={src.save_spec!r} and "
+                f"intervention_ready={src.options.get('intervention_ready', False)}; replay "
+                "reads every op it does not recompute, so capture it with "
+                "tl.trace(model, x, intervention_ready=True).") from None
+        values = dict(interp.env)
+        for ci, versions in interp.versions.items():
+            values[ci] = versions[-1][1]
+        for ci, value in values.items():
+            mine = self._by_call.get(ci)
+            if mine is not None:
+                mine.payload = value
+                self._touched.add(ci)
+        for ci, steps in plan.items():
+            self._by_call[ci].fired.extend(spec for spec, _, _ in steps)
+        self.output = output_structure(src.output, self, values)
+        return self
+
+    def _versions(self, op: Op, value: Tensor, steps: list[tuple[When, Action, Any]],
+                  interp: ForkInterpreter) -> list[tuple[float, Tensor]]:
+        """Apply ``steps`` in order; each module-exit step starts a new version."""
+        versions: list[tuple[float, Tensor]] = []
+        for _spec, act, call in steps:
+            if call is not None and (not versions or versions[-1][0] != call.last_op):
+                versions.append((call.last_op, value))
+            consumer = op.call_index if call is None else call.first_op
+            site = ValueSite(op, value, functools.partial(_seen_by, interp, consumer), call)
+            value = checked(act.edit(value, site, ()), value, act, site)
+        versions.append((_INF, value))
+        return versions
+
+    def _plan(self) -> dict[int, list[tuple[When, Action, Any]]]:
+        """Per site: (spec, action, exit call) in the order a live run applies them —
+        edits as ops run first, then at each module exit, inner before outer."""
+        plan: dict[int, list[tuple[int, int, int, When, Action, Any]]] = {}
+        n = 0
+        for edit in self.edits:
+            for ci, call in edit.targets:
+                key = (-1, 0) if call is None else (call.last_op, -call.depth)
+                plan.setdefault(ci, []).append((*key, n, edit.spec, edit.spec.action, call))
+                n += 1
+        return {ci: [(s, a, c) for *_, s, a, c in sorted(steps, key=lambda t: t[:3])]
+                for ci, steps in plan.items()}
+
+    def _restore(self) -> None:
+        src = self.source._by_call
+        for ci in self._touched:
+            mine, theirs = self._by_call[ci], src[ci]
+            mine.payload = theirs.payload
+            mine.fired = list(theirs.fired)
+        self._touched.clear()
+        self.output = self.source.output
+
+    # ------------------------------------------------------------------ rerun
+    def rerun(self, model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
+              save: Any = True) -> Trace:
+        """Run ``model`` live with this fork's edits; returns the new trace.
+
+        Sites are matched by call order; the run is checked op by op against the source
+        up to the last site and raises naming the first op that differs. The random
+        state recorded at capture (``intervention_ready=True``) is restored for the run,
+        and the caller's random state is put back afterwards.
+        """
+        from ..trace.api import trace
+
+        graph = records(self.source)
+        every = [ci for e in self.edits for ci, _ in e.targets]
+        for ci in every:
+            if graph[ci].kind not in (OP, IDENTITY):
+                raise InterventionError(
+                    f"{describe(graph[ci])} is a graph {graph[ci].kind} op, not computed by "
+                    "the model, so a rerun cannot edit it; edit the tensor you pass in, "
+                    "or use replay().")
+        matcher = CallOrderMatcher(graph, max(every), "rerun") if every else None
+        rules = []
+        for edit in self.edits:
+            targets = {ci: (None if call is None else call.key) for ci, call in edit.targets}
+            rules.append(LiveRule(edit.spec, None, TARGETS, targets, matcher))
+        with preserved_rng(self.options.get("rng_state")):
+            return trace(model, *args, input_kwargs=input_kwargs, save=save,
+                         intervene=rules or None)
+
+    def __repr__(self) -> str:
+        return (f"<Fork of {self.model_name}: {len(self.ops)} ops, {len(self.edits)} "
+                f"edit{'s' if len(self.edits) != 1 else ''}>")
+
+
+def fork(trace: Trace) -> Fork:
+    """A copy of ``trace`` sharing every payload, for editing (``trace.fork()``)."""
+    return Fork(trace)
+
+
+def find_sites(trace: Trace, selector: Any) -> list[str]:
+    """Labels of the ops a site spec selects (``trace.find_sites(...)``)."""
+    return [op.label for op in sites(trace, selector)[0]]
+
+
+def sites(trace: Trace, spec: Any) -> tuple[list[Op], Selector | None]:
+    """The ops ``spec`` names in ``trace``, and the selector deciding at which module
+    exit each is edited (None: edited as the op runs)."""
+    if isinstance(spec, Op):
+        return [trace._by_call[spec.call_index]], None
+    if isinstance(spec, (Layer, OpGroup)):
+        return [trace._by_call[op.call_index] for op in spec], None
+    if isinstance(spec, str):
+        try:
+            base, _ = split_call(spec)
+        except Exception:  # noqa: BLE001 - not an address: a label or substring
+            base = None
+        if base is not None and base in trace.module_info:
+            sel = coerce(spec, module_addresses=trace.module_info)
+        else:
+            hit = trace[spec]
+            if isinstance(hit, Op):
+                return [hit], None
+            if isinstance(hit, (Layer, OpGroup)):
+                return list(hit), None
+            sel = coerce(spec, module_addresses=trace.module_info)
+    else:
+        sel = coerce(spec, module_addresses=trace.module_info)
+    sel.validate(module_addresses=trace.module_info)
+    bound = sel.bind_ordinals(trace.ops)
+    found = [op for op in trace.ops if bound(op)]
+    return found, (sel if sel.timing == "module_exit" else None)
+
+
+class _ExitView:
+    """``op`` as a selector saw it at one module exit: returned by ``calls`` only."""
+
+    def __init__(self, op: Op, calls: list[Any]) -> None:
+        self._op = op
+        self._calls = calls
+
+    @property
+    def module_outputs(self) -> tuple[str, ...]:
+        keys: list[str] = []
+        for c in self._calls:
+            keys.extend((c.address, c.key))
+        return tuple(dict.fromkeys(keys))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._op, name)
+
+
+def _exit_call(op: Op, sel: Selector) -> Any:
+    """The first module exit at which a live run's rule would have fired on ``op``."""
+    calls = list(op.output_of)
+    for k in range(1, len(calls) + 1):
+        if sel(_ExitView(op, calls[:k])):
+            return calls[k - 1]
+    return None
+
+
+def _seen_by(interp: ForkInterpreter, consumer: int, ci: int) -> Tensor:
+    return interp.seen_by(ci, consumer)
+
+
+def _copy_op(op: Op) -> Op:
+    """A new op with the same slot values (lists copied, tensors shared)."""
+    return _op_copier()(op)
+
+
+@functools.cache
+def _op_copier() -> Callable[[Op], Op]:
+    """A generated function copying every slot of ``Op`` (one attribute access each, so
+    forking a trace costs microseconds per op). Slots the engine always sets are copied
+    directly; those set later (labels, trace, gradients) only when present."""
+    from ..capture.records import OpRecord
+
+    always = [n for n in OpRecord.__slots__ if n not in ("__weakref__", "__dict__")]
+    lists = {"child_idx", "fired", "output_of"}
+    lines = ["def copy(op):", "    n = new(Op)"]
+    for name in always:
+        value = f"list(op.{name})" if name in lists else f"op.{name}"
+        lines.append(f"    n.{name} = {value}")
+    for cls in Op.__mro__:
+        if cls is OpRecord or not issubclass(cls, OpRecord):
+            continue
+        for name in cls.__slots__:
+            lines += ["    try:", f"        n.{name} = op.{name}",
+                      "    except AttributeError:", "        pass"]
+    lines.append("    return n")
+    scope: dict[str, Any] = {"new": Op.__new__, "Op": Op}
+    exec("\n".join(lines), scope)  # noqa: S102 - code built from slot names only
+    copy: Callable[[Op], Op] = scope["copy"]
+    return copy
+
+
+def _cached_names(cls: type) -> frozenset[str]:
+    return frozenset(name for klass in cls.__mro__ for name, v in vars(klass).items()
+                     if isinstance(v, functools.cached_property))
