@@ -15,7 +15,7 @@ from .common import Section, interleaved, raw_forward
 def run(models: dict[str, Any]) -> Section:
     sec = Section("capture (issue 2)")
     for name, (model, args, kwargs) in models.items():
-        def full() -> Any:
+        def full(model: Any = model, args: Any = args, kwargs: Any = kwargs) -> Any:
             with torch.no_grad():
                 return tl.trace(model, *args, input_kwargs=kwargs)
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path("bench-out")
     out.mkdir(exist_ok=True)
     payload = [{"section": s.title, "rows": [dict(zip(("name", "value", "unit", "target",
-                                                       "note"), r)) for r in s.rows]}
+                                                       "note"), r, strict=True)) for r in s.rows]}
                for s in results]
     (out / "results.json").write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out / 'results.json'}")

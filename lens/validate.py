@@ -96,7 +96,7 @@ def _check_outputs(tr: Trace, expected: Any, report: ValidationReport) -> None:
         report.failures.append(("output", f"model returned {len(leaves)} tensors, trace "
                                           f"recorded {len(outs)} outputs"))
         return
-    for t, op in zip(leaves, outs):
+    for t, op in zip(leaves, outs, strict=True):
         if tensors_equal(t, op.out):
             continue
         got = op.out

@@ -119,7 +119,7 @@ def bundle(traces: Mapping[str, Trace], baseline: str | None = None) -> Bundle:
 
 
 def _check_same_graph(base_name: str, base: Trace, name: str, tr: Trace) -> None:
-    for a, b in zip(base.ops, tr.ops):
+    for a, b in zip(base.ops, tr.ops, strict=False):  # lengths are compared below
         if a.label != b.label or tuple(a.parent_labels) != tuple(b.parent_labels):
             raise GraphMismatchError(
                 f"Bundle member {name!r} is a trace of a different graph than {base_name!r}: "

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
+from types import FrameType
 from typing import Any, Protocol
 
 import torch
@@ -532,10 +533,10 @@ _TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
 def _user_frame() -> tuple[str, int, str] | None:
     import sys
 
-    f = sys._getframe(3)
+    f: FrameType | None = sys._getframe(3)
     while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR)
                              or "/lens/capture/" in f.f_code.co_filename):
-        f = f.f_back  # type: ignore[assignment]
+        f = f.f_back
     if f is None:
         return None
     return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name)

@@ -42,9 +42,7 @@ _HIDDEN = frozenset({"_stacklevel", "inplace", "input", "return_indices"})
 def _is_tensorish(v: Any) -> bool:
     if isinstance(v, (Ref, ParamRef)):
         return True
-    if isinstance(v, (list, tuple)) and v and any(isinstance(x, (Ref, ParamRef)) for x in v):
-        return True
-    return False
+    return isinstance(v, (list, tuple)) and any(isinstance(x, (Ref, ParamRef)) for x in v)
 
 
 def non_tensor_args(op: Op) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def summary(trace: Trace, depth: int = 1) -> str:
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
     def line(r: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
 
     body = [sep, line(rows[0]), sep, *(line(r) for r in rows[1:]), sep]
     edges = sum(len(op.parent_idx) for op in trace.ops)

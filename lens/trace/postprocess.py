@@ -31,7 +31,7 @@ def kept_ops(ops: Sequence[Op], keep_orphans: bool) -> list[Op]:
     for op in reversed(ops):
         if op.kind == OUTPUT or any(to_output[c] for c in op.child_idx):
             to_output[op.call_index] = True
-    keep = [a or b for a, b in zip(from_input, to_output)]
+    keep = [a or b for a, b in zip(from_input, to_output, strict=True)]
     for op in reversed(ops):  # close under parents
         if keep[op.call_index]:
             for p in op.parent_idx:

@@ -27,7 +27,8 @@ class Trace:
     """
 
     def __init__(self, *, ops: list[Op], layers: list[Layer], model_name: str,
-                 module_calls: list[ModuleCallRecord], module_info: dict[str, tuple[str, tuple[str, ...]]],
+                 module_calls: list[ModuleCallRecord],
+                 module_info: dict[str, tuple[str, tuple[str, ...]]],
                  param_meta: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
                  param_values: dict[str, torch.Tensor], output: Any, save_spec: Any,
                  halted: bool, elapsed: float, options: dict[str, Any]) -> None:

@@ -20,13 +20,13 @@ def test_module_outputs_equal_forward_hooks(case):
     for address, calls in expected.items():
         mod = tr.modules[address]
         assert len(mod.calls) == len(calls), address
-        for call, want in zip(mod.calls, calls):
+        for call, want in zip(mod.calls, calls, strict=True):
             got = [op.out for op in call.outputs]
             assert len(got) == len(want), f"{call.key}: {len(got)} outputs vs {len(want)}"
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 assert torch.equal(g.detach(), w), call.key
     outs = [tr[label].out for label in tr.output_layers]
-    for g, w in zip(outs, leaves(raw_out)):
+    for g, w in zip(outs, leaves(raw_out), strict=True):
         assert torch.equal(g.detach(), w.detach())
 
 

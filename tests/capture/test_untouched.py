@@ -61,7 +61,7 @@ def test_trace_leaves_no_mode_no_hooks_and_same_outputs(name):
     assert _no_hooks(model)
     torch.manual_seed(0)
     after = leaves(model(*args, **kwargs))
-    assert all(torch.equal(a.detach(), b) for a, b in zip(after, before))
+    assert all(torch.equal(a.detach(), b) for a, b in zip(after, before, strict=True))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 

@@ -90,7 +90,7 @@ def test_module_called_twice_has_numbered_calls():
     group = tr["fc"]
     assert list(group) == [first, second]
     with pytest.raises(tl.PayloadError, match="fc:1"):
-        group.out
+        _ = group.out
     assert [c.key for c in tr.modules["fc"].calls] == ["fc:1", "fc:2"]
 
 
