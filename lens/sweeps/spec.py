@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ class SweepSpec:
             "positions": self.positions if self.positions in ("each", None)
             else [int(p) for p in self.positions],
             "position_dim": self.position_dim,
-            "action": repr(self.action) if self.action is not None else None,
+            "action": _describe_action(self.action),
             "output": self.output,
             "inputs": [_digest(x) for x in self.inputs],
             "input_kwargs": {k: _digest(v) for k, v in sorted(self.input_kwargs.items())},
@@ -48,6 +49,16 @@ class SweepSpec:
             desc["model"] = _model_digest(model)
         blob = json.dumps(desc, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _describe_action(action: Any) -> str | None:
+    """Actions describe themselves by repr; plain functions by qualified name (their repr
+    holds a memory address, which would make a resumed sweep look like another one)."""
+    if action is None:
+        return None
+    if isinstance(action, (types.FunctionType, types.BuiltinFunctionType)):
+        return _qualname(action)
+    return repr(action)
 
 
 def _qualname(fn: Any) -> str:
