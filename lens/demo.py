@@ -102,7 +102,7 @@ def _draw(trace: tl.Trace, path: Path) -> str | None:
 def _save_fig(fig: object, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=120)  # type: ignore[attr-defined]
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
     return str(path)
 
