@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,33 +287,30 @@ def _seen_by(interp: ForkInterpreter, consumer: int, ci: int) -> Tensor:
 
 def _copy_op(op: Op) -> Op:
     """A new op with the same slot values (lists copied, tensors shared)."""
-    return _op_copier()(op)
+    n = Op.__new__(Op)
+    for name in _slot_names():
+        try:
+            value = getattr(op, name)
+        except AttributeError:  # set later (labels, trace, gradients), not yet present
+            continue
+        setattr(n, name, list(value) if name in _LISTS else value)
+    return n
+
+
+_LISTS = frozenset({"child_idx", "fired", "output_of"})
 
 
 @functools.cache
-def _op_copier() -> Callable[[Op], Op]:
-    """A generated function copying every slot of ``Op`` (one attribute access each, so
-    forking a trace costs microseconds per op). Slots the engine always sets are copied
-    directly; those set later (labels, trace, gradients) only when present."""
+def _slot_names() -> tuple[str, ...]:
+    """Every slot of ``Op`` and its record base class."""
     from ..capture.records import OpRecord
 
-    always = [n for n in OpRecord.__slots__ if n not in ("__weakref__", "__dict__")]
-    lists = {"child_idx", "fired", "output_of"}
-    lines = ["def copy(op):", "    n = new(Op)"]
-    for name in always:
-        value = f"list(op.{name})" if name in lists else f"op.{name}"
-        lines.append(f"    n.{name} = {value}")
-    for cls in Op.__mro__:
-        if cls is OpRecord or not issubclass(cls, OpRecord):
-            continue
-        for name in cls.__slots__:
-            lines += ["    try:", f"        n.{name} = op.{name}",
-                      "    except AttributeError:", "        pass"]
-    lines.append("    return n")
-    scope: dict[str, Any] = {"new": Op.__new__, "Op": Op}
-    exec("\n".join(lines), scope)  # noqa: S102 - code built from slot names only
-    copy: Callable[[Op], Op] = scope["copy"]
-    return copy
+    names = []
+    for cls in reversed(Op.__mro__):
+        if isinstance(cls, type) and issubclass(cls, OpRecord):
+            names.extend(n for n in cls.__dict__.get("__slots__", ())
+                         if n not in ("__weakref__", "__dict__"))
+    return tuple(dict.fromkeys(names))
 
 
 def _cached_names(cls: type) -> frozenset[str]:
