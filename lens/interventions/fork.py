@@ -305,7 +305,7 @@ def _slot_names() -> tuple[str, ...]:
     """Every slot of ``Op`` and its record base class."""
     from ..capture.records import OpRecord
 
-    names = []
+    names: list[str] = []
     for cls in reversed(Op.__mro__):
         if isinstance(cls, type) and issubclass(cls, OpRecord):
             names.extend(n for n in cls.__dict__.get("__slots__", ())
