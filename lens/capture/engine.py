@@ -256,9 +256,11 @@ class Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
+        fi = funcs.info(func)
+        if fi.query:
+            return func(*args, **kwargs) if kwargs else func(*args)
         if kwargs is None:
             kwargs = {}
-        fi = funcs.info(func)
         mutated = None
         if fi.inplace_arg is not None or fi.inplace_flag is not None:
             mutated = funcs.mutated_arg(fi, args, kwargs)

@@ -25,6 +25,18 @@ class FuncInfo(NamedTuple):
     type: str  # normalized op type used in labels ('maxpool2d', 'add', 't')
     inplace_arg: int | None  # the argument this call always modifies in place
     inplace_flag: int | None  # position of an ``inplace=`` parameter, if any
+    query: bool = False  # a metadata query that never returns a tensor (shape, dim, ...)
+
+
+# Tensor methods and properties that only read metadata: the engine passes them straight
+# through (a GPT-2 forward makes several such calls per recorded op).
+_QUERIES = frozenset({
+    "dim", "ndim", "size", "shape", "dtype", "device", "numel", "nelement", "stride",
+    "is_contiguous", "is_floating_point", "is_complex", "requires_grad", "is_leaf",
+    "grad_fn", "data_ptr", "element_size", "storage_offset", "layout", "is_cuda",
+    "is_sparse", "is_quantized", "is_meta", "get_device", "__len__", "_version",
+    "names", "__hash__", "__format__", "__repr__", "__index__", "__int__", "__float__",
+})
 
 
 _CACHE: dict[Any, FuncInfo] = {}
@@ -76,7 +88,10 @@ def _compute(func: Any) -> FuncInfo:
     if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")):
         inplace_arg = 0
     flag = None if inplace_arg is not None else _inplace_flag_position(func)
-    return FuncInfo(name, op_type(name), inplace_arg, flag)
+    # only Tensor methods and property getters (bound to a class or a descriptor)
+    query = name in _QUERIES and (getattr(func, "__self__", None) is not None
+                                  or getattr(func, "__objclass__", None) is not None)
+    return FuncInfo(name, op_type(name), inplace_arg, flag, query)
 
 
 def mutated_arg(fi: FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
