@@ -25,6 +25,8 @@ from .errors import (
     ReplayError,
     SelectorError,
 )
+from .facets import Facets, FacetView, facet, find_facets
+from .facets._graph import FacetError
 from .interventions import (
     Action,
     Fork,
@@ -67,6 +69,11 @@ from .validate import ValidationReport, validate
 __version__ = "0.1.0"
 
 __all__ = [
+    "FacetError",
+    "FacetView",
+    "Facets",
+    "facet",
+    "find_facets",
     "Action",
     "Bundle",
     "CaptureError",

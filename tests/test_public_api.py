@@ -27,6 +27,8 @@ PUBLIC = {
     "PayloadError", "ReplayError", "InterventionError", "LoadError",
     "MissingDependencyError", "DrawError",
     "__version__",
+    # facets
+    "facet", "find_facets", "Facets", "FacetView", "FacetError",
 }
 
 

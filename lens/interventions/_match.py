@@ -72,6 +72,24 @@ def resolve(trace: Any, selector: Any) -> list[Any]:
     return [op for op in trace.ops if bound(op)]
 
 
+def adapt(trace: Any, spec: Any, found: list[Any], action: Any) -> Any:
+    """The action to apply at ``found``: selectors that name part of an op's value
+    (lens.facets: one head's ``z``, the pattern inside a fused attention call) define
+    ``adapt_action(trace, selector, found, action)``; anything else keeps the action."""
+    sel = spec
+    if isinstance(spec, str):  # an alias may name a facet (trace.with_aliases)
+        try:
+            sel = getattr(trace[spec], "selector", None)
+        except (KeyError, ValueError):
+            return action
+    walk = getattr(sel, "walk", None)
+    for node in walk() if walk is not None else ():
+        hook = getattr(node, "adapt_action", None)
+        if hook is not None:
+            return hook(trace, sel, found, action)
+    return action
+
+
 def _cuda_devices() -> list[int]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         return list(range(torch.cuda.device_count()))

@@ -29,7 +29,9 @@ def _source(source: Any, x: Tensor, site: Site, path: Path, what: str) -> Tensor
     """The region of ``source`` matching ``x``: the same site of a trace, or a tensor
     (cut like ``x`` when it has the shape of the whole value, else used as given)."""
     if _is_trace(source):
-        return cut(same_site(source, site.op, what), path)
+        read = getattr(site, "value_in", None)  # a facet's site reads the source's facet
+        return cut(read(source, what) if read is not None else same_site(source, site.op, what),
+                   path)
     if isinstance(source, Tensor):
         if path and source.shape == site.full.shape:
             return cut(source, path)

@@ -26,7 +26,7 @@ from ..selectors import Selector, coerce, split_call
 from ..trace import Layer, Op, OpGroup, Trace
 from ._base import Action, checked
 from ._base import action as as_action
-from ._match import CallOrderMatcher, preserved_rng, records
+from ._match import CallOrderMatcher, adapt, preserved_rng, records
 from ._replay import ForkInterpreter, output_structure
 from ._sites import ValueSite, describe
 from .rules import TARGETS, InterventionWarning, LiveRule, When
@@ -77,6 +77,7 @@ class Fork(Trace):
         ``'fc:2'``, edited at the module's exit; a selector; or an op). Returns the fork."""
         act = as_action(action)
         ops, exit_sel = sites(self, site)
+        act = adapt(self, site, ops, act)  # facet selectors edit a slice (lens.facets)
         if not ops:
             msg = (f"{site!r} matches no op of this trace; trace.find_sites(...) and "
                    "trace.labels list what exists.")
@@ -241,6 +242,8 @@ def sites(trace: Trace, spec: Any) -> tuple[list[Op], Selector | None]:
             sel = coerce(spec, module_addresses=trace.module_info)
         else:
             hit = trace[spec]
+            if isinstance(getattr(hit, "selector", None), Selector):  # a facet alias
+                return sites(trace, hit.selector)
             if isinstance(hit, Op):
                 return [hit], None
             if isinstance(hit, (Layer, OpGroup)):

@@ -31,7 +31,7 @@ from ..errors import InterventionError
 from ..selectors import Selector, coerce
 from ._base import Action, checked
 from ._base import action as as_action
-from ._match import CallOrderMatcher, records, reference_pass, resolve
+from ._match import CallOrderMatcher, adapt, records, reference_pass, resolve
 from ._sites import LiveSite, describe
 
 LIVE, EXIT, TARGETS = "live", "module_exit", "targets"
@@ -76,6 +76,8 @@ class When:
                                      dict(context.get("kwargs") or {}))
                 context["_lens_reference"] = ref
         found = resolve(ref, sel)
+        act = adapt(ref, sel, found, self.action)  # facet selectors edit a slice
+        spec = self if act is self.action else When(self.site, act, self.strict, self.reference)
         bad = [op for op in found if op.kind not in (OP, IDENTITY)]
         if bad:
             raise InterventionError(
@@ -86,7 +88,7 @@ class When:
         matcher = None
         if targets:
             matcher = CallOrderMatcher(records(ref), max(targets), repr(self))
-        return LiveRule(self, sel, TARGETS, targets, matcher)
+        return LiveRule(spec, sel, TARGETS, targets, matcher)
 
     def __call__(self, op: Any, value: Tensor) -> Tensor:
         """Used unbound (outside tl.trace): only selectors decided as ops run."""

@@ -9,6 +9,7 @@ import torch
 
 from ..capture.records import ModuleCallRecord
 from ..errors import LookupKeyError, PayloadError, close_matches
+from . import ext
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,7 +27,12 @@ class ModuleCall:
         self.address = rec.address
         self.call_num = rec.call_num
         self.key = rec.key
-        self.facets: dict[str, Any] = {}
+
+    @property
+    def facets(self) -> Any:
+        """Named views of this call (attention heads, recurrent states, the residual
+        stream), computed on first access by ``lens.facets``."""
+        return ext.call("facets", self)
 
     @property
     def ops(self) -> list[Op]:
@@ -82,10 +88,16 @@ class ModuleRecord:
         return sum(m[1] for name, m in meta.items() if name.startswith(prefix))
 
     @property
-    def facets(self) -> dict[str, Any]:
+    def facets(self) -> Any:
+        """The facets of the module's only call (for several calls: ``.calls[k].facets``)."""
         if len(self.calls) == 1:
             return self.calls[0].facets
-        return {}
+        if not self.calls:
+            raise LookupKeyError(f"Module {self.address!r} did not run in this pass, so it "
+                                 "has no facets.")
+        raise LookupKeyError(
+            f"Module {self.address!r} was called {len(self.calls)} times; read the facets "
+            f"of one call: trace.modules[{self.address!r}].calls[k].facets.")
 
     @property
     def ops(self) -> list[Op]:

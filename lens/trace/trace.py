@@ -89,10 +89,17 @@ class Trace:
         hit = self._lookup.get(key)
         if hit is not None:
             return hit
+        if self.options.get("aliases"):  # other libraries' names (lens.facets.aliases)
+            hit = ext.call("alias", self, key)
+            if hit is not None:
+                return hit
         raise LookupKeyError(self._miss_message(key))
 
     def _miss_message(self, key: str) -> str:
-        near = close_matches(key, self._lookup.keys())
+        keys = list(self._lookup)
+        if self.options.get("aliases"):
+            keys += ext.call("alias_keys", self)
+        near = close_matches(key, keys)
         hint = f" Closest keys: {', '.join(near)}." if near else ""
         if key in self.module_info:
             return (f"Module {key!r} exists but produced no recorded output in this pass "
@@ -249,6 +256,17 @@ class Trace:
     def fork(self) -> Any:
         """A copy that shares every payload, for editing and replay (see interventions)."""
         return ext.call("fork", self)
+
+    @property
+    def facets(self) -> Any:
+        """Facets of the model's own forward, outside every submodule (see lens.facets);
+        a submodule's are ``trace.modules[address].facets``."""
+        return ext.call("facets", self)
+
+    def with_aliases(self, scheme: str | None = "transformer_lens") -> Trace:
+        """Also find ops and facets by another library's names, e.g.
+        ``trace['blocks.0.attn.hook_pattern']`` (see lens.facets.aliases); returns self."""
+        return ext.call("with_aliases", self, scheme)  # type: ignore[no-any-return]
 
     def find_sites(self, selector: Any) -> list[str]:
         """Labels of the ops a selector matches."""

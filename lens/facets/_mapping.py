@@ -1,0 +1,143 @@
+"""``module_call.facets``: a read-only mapping from facet name to tensor.
+
+Values are computed on first access and cached; the cache is dropped when a payload they
+were computed from changes (a fork's ``replay()`` swaps payloads), so a fork's facets
+show the edited values.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from ..errors import LookupKeyError, close_matches
+from ._graph import token
+from ._registry import ROOT, FacetGroup, Owner, structure
+
+if TYPE_CHECKING:
+    from ..trace import Trace
+
+
+class Facets(Mapping[str, Tensor]):
+    """The facets of one module call: ``facets['pattern']``, ``facets.keys()``.
+
+    ``facets.kinds`` lists the structures found (``'attention'``, ``'recurrent'``,
+    ``'residual'``), ``facets.info`` what was read from the graph (head counts, ...), and
+    ``facets.site(name, head=...)`` the selector that edits a facet
+    (``trace.fork().intervene(facets.site('z', head=3), tl.zero_ablate())``).
+    """
+
+    def __init__(self, trace: Trace, owner: Owner, groups: list[FacetGroup],
+                 notes: list[str]) -> None:
+        self._trace = trace
+        self.owner = owner
+        self._groups = groups
+        self._notes = notes
+        self._by_name = {n: g for g in groups for n in g.names()}
+        self._cache: dict[str, tuple[tuple[int, ...], Tensor]] = {}
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.kind for g in self._groups))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for g in self._groups:
+            out.update(g.info())
+        return out
+
+    def group(self, name: str) -> FacetGroup:
+        if name not in self._by_name:
+            raise LookupKeyError(missing(self._trace, self.owner, name, list(self._by_name),
+                                         self._notes))
+        return self._by_name[name]
+
+    def __getitem__(self, name: str) -> Tensor:
+        g = self.group(name)
+        tok = token(self._trace, g.sources())
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == tok:
+            return hit[1]
+        value = g.value(self._trace, name)
+        self._cache[name] = (tok, value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def site(self, name: str, head: Any = None) -> Any:
+        """The selector of facet ``name`` (of ``head``) of this call, for interventions."""
+        from .selector import facet
+
+        self.group(name)
+        return facet(name, head=head, module=self.owner.key or ":1")
+
+    def __repr__(self) -> str:
+        what = "; ".join(g.describe() for g in self._groups) or "no structure found"
+        return f"<Facets of {self.owner.name()} ({what}): {', '.join(self._by_name)}>"
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, dict[Owner, Facets]] = weakref.WeakKeyDictionary()
+
+
+def facets_of(trace: Trace, owner: Owner) -> Facets:
+    """The facets of one module call of ``trace`` (one mapping per call, cached)."""
+    per = _CACHE.get(trace)
+    if per is None:
+        per = _CACHE[trace] = {}
+    found = per.get(owner)
+    if found is None:
+        index = structure(trace)
+        found = per[owner] = Facets(trace, owner, list(index.of(owner)),
+                                    index.notes.get(owner, []))
+    return found
+
+
+def missing(trace: Trace, owner: Owner, name: str, have: list[str], notes: list[str]) -> str:
+    """The message for a facet that does not exist: what does, and where ``name`` lives."""
+    index = structure(trace)
+    msg = f"{owner.name()} has no facet {name!r}. "
+    msg += f"Its facets: {', '.join(have)}." if have else "It has no facets."
+    near = [n for n in close_matches(name, have) if n != name]
+    if near:
+        msg += f" Did you mean {', '.join(map(repr, near))}?"
+    for note in notes:
+        msg += f" Note: {note}."
+    elsewhere = [o for o in index.owners() if name in _names(index, o) and o != owner]
+    inside = [o for o in elsewhere if owner == ROOT or o.within(owner.address)]
+    shown = inside or elsewhere
+    if shown:
+        keys = ", ".join(repr(o.key or "") for o in shown[:4])
+        where = "inside it" if inside else "in this trace"
+        msg += (f" Module calls with a {name!r} facet {where}: {keys}"
+                f"{' ...' if len(shown) > 4 else ''} (trace.modules[address].facets).")
+    return msg
+
+
+def _names(index: Any, owner: Owner) -> set[str]:
+    return {n for g in index.of(owner) for n in g.names()}
+
+
+def owner_of_call(call: Any) -> Owner:
+    return Owner(call.address, call.call_num)
+
+
+def facets_for(obj: Any) -> Any:
+    """The ``facets`` of a module call, a module (its only call) or a trace (the model's
+    own forward): registered as the ``'facets'`` extension of ``lens.trace``."""
+    record = getattr(obj, "record", None)
+    if record is not None:  # a ModuleCall
+        return facets_of(obj.trace, owner_of_call(record))
+    if hasattr(obj, "layer_list"):  # a Trace
+        return facets_of(obj, ROOT)
+    raise LookupKeyError(f"No facets for {obj!r}: facets belong to module calls and traces.")

@@ -1,0 +1,215 @@
+"""The provider registry and the per-trace structure index.
+
+A provider is a structure detector for one kind of module (attention, recurrent,
+residual block): ``detect(trace, index)`` scans the recorded graph once and adds a
+:class:`FacetGroup` for every module call it recognizes. Detectors read the ops, never
+class names, so a user's own attention class is found like a library's.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..trace import Trace
+
+
+@dataclass(frozen=True, order=True)
+class Owner:
+    """A module call that facets belong to; ``address=''`` is the model's own forward."""
+
+    address: str
+    call_num: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.address}:{self.call_num}" if self.address else ""
+
+    def name(self) -> str:
+        return self.key or "the model's own forward (outside every submodule)"
+
+    def within(self, spec: str) -> bool:
+        """Whether this owner is the module ``spec`` (``'h.0'``, ``'h.0:2'``) or lies
+        inside it; ``''`` is the whole model, ``':1'`` the model's own forward only."""
+        base, _, num = spec.partition(":")
+        if num or spec == ":1":
+            return self.address == base and str(self.call_num) == num
+        return not base or self.address == base or self.address.startswith(base + ".")
+
+
+ROOT = Owner("", 1)
+
+
+def owner_of(rec: Any) -> Owner:
+    """The innermost module call an op record ran in."""
+    ctx = rec.module_ctx
+    return Owner(ctx[-1].address, ctx[-1].call_num) if ctx else ROOT
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """How a facet is edited: at op ``op``, whose value is the facet (``rewrite`` None,
+    ``perm`` taking the op's layout to the facet's), or from which ``rewrite`` recomputes
+    the op's value with the facet edited: ``rewrite.apply(value, inputs, name, fn)``
+    returns the new value and the facet values behind it (by name)."""
+
+    op: int
+    rewrite: Any = None
+    perm: tuple[int, ...] | None = None
+
+
+class FacetGroup:
+    """The facets one detector found in one module call."""
+
+    kind: ClassVar[str] = ""
+    owner: Owner
+
+    def names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def value(self, trace: Trace, name: str) -> Tensor:
+        raise NotImplementedError
+
+    def sources(self) -> tuple[int, ...]:
+        """Ops whose saved values the facets are computed from (cache validation)."""
+        raise NotImplementedError
+
+    def carrier(self, trace: Trace, name: str) -> Carrier | None:
+        """Where an edit of ``name`` applies; None if it cannot be edited."""
+        return None
+
+    def head_dim(self, name: str) -> int | None:
+        """The head dimension of ``name`` in lens's layout, or None (no heads)."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        return self.kind
+
+
+Detector = Callable[["Trace", "StructureIndex"], None]
+_PROVIDERS: dict[str, Detector] = {}
+_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def register_provider(kind: str, detect: Detector, names: Sequence[str] = ()) -> None:
+    """Add (or replace) the structure detector for one kind of module: ``detect(trace,
+    index)`` calls ``index.add(group, first_op)`` for each module call it recognizes.
+    ``names``: the facet names its groups may have (checked by ``tl.facet``)."""
+    _PROVIDERS[kind] = detect
+    _NAMES[kind] = tuple(names)
+
+
+def known_names() -> dict[str, tuple[str, ...]]:
+    """Facet names by provider kind."""
+    return dict(_NAMES)
+
+
+def providers() -> Mapping[str, Detector]:
+    return dict(_PROVIDERS)
+
+
+class StructureIndex:
+    """Every facet group of one trace, by owner (computed once, from metadata only)."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.groups: dict[Owner, list[FacetGroup]] = {}
+        self.notes: dict[Owner, list[str]] = {}
+        self.order: dict[Owner, int] = {}
+        for detect in _PROVIDERS.values():
+            detect(trace, self)
+
+    def add(self, group: FacetGroup, first_op: int) -> None:
+        self.groups.setdefault(group.owner, []).append(group)
+        self.order[group.owner] = min(self.order.get(group.owner, first_op), first_op)
+
+    def note(self, owner: Owner, message: str) -> None:
+        """A structure was seen but is not supported: said when a facet is asked for."""
+        self.notes.setdefault(owner, []).append(message)
+
+    def of(self, owner: Owner) -> Sequence[FacetGroup]:
+        return self.groups.get(owner, ())
+
+    def owners(self, kind: str | None = None) -> list[Owner]:
+        """Owners (in execution order) having a group of ``kind`` (any kind if None)."""
+        found = [o for o, gs in self.groups.items()
+                 if kind is None or any(g.kind == kind for g in gs)]
+        return sorted(found, key=lambda o: self.order[o])
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, StructureIndex] = weakref.WeakKeyDictionary()
+
+
+def structure(trace: Trace) -> StructureIndex:
+    """The structure index of ``trace`` (built on first use, kept while the trace lives)."""
+    found = _CACHE.get(trace)
+    if found is None:
+        found = StructureIndex(trace)
+        _CACHE[trace] = found
+    return found
+
+
+# Facet values an edit produced, by the carrier op's new output tensor: a fork's (or a
+# live run's) facets that exist only inside an op (a fused attention's pattern) are read
+# from here, since they cannot be rebuilt from the op's unedited inputs. Keyed by id with
+# a weak reference (tensors compare elementwise, so they cannot be dict keys themselves).
+_EDITED: dict[int, tuple[weakref.ref[Tensor], dict[tuple[Owner, str], Tensor]]] = {}
+
+
+def _forget(key: int, r: weakref.ref[Tensor]) -> None:
+    entry = _EDITED.get(key)
+    if entry is not None and entry[0] is r:
+        del _EDITED[key]
+
+
+def _edits_of(t: Tensor) -> dict[tuple[Owner, str], Tensor]:
+    entry = _EDITED.get(id(t))
+    return entry[1] if entry is not None and entry[0]() is t else {}
+
+
+def remember_edit(old: Tensor, new: Tensor, owner: Owner, stages: Mapping[str, Tensor]) -> None:
+    """Record the facet values behind ``new``, the edited output of a carrier op."""
+    found = dict(_edits_of(old)) if old is not new else {}
+    found.update({(owner, name): t for name, t in stages.items()})
+    if not found:
+        return
+    key = id(new)
+    ref = weakref.ref(new, lambda r: _forget(key, r))
+    _EDITED[key] = (ref, found)
+
+
+def edited_value(trace: Trace, ci: int, owner: Owner, name: str) -> Tensor | None:
+    """The value facet ``name`` was edited to at op ``ci``, if op ``ci`` holds an edit."""
+    from ._graph import records
+
+    p = records(trace)[ci].payload
+    if p is None:
+        return None
+    return _edits_of(p).get((owner, name))
+
+
+def rewritten(trace: Trace, ci: int, owner: Owner) -> bool:
+    """Whether op ``ci`` was recomputed by a facet edit of ``owner`` (a fused call with its
+    pattern edited, ...): then facets inside it cannot be rebuilt from its inputs."""
+    from ._graph import records
+
+    for spec in records(trace)[ci].fired:
+        plan = getattr(getattr(spec, "action", None), "plan", None)
+        steps = plan.get(ci, ()) if isinstance(plan, Mapping) else ()
+        if any(st.owner == owner and st.carrier.rewrite is not None for st in steps):
+            return True
+    return False
+
+
+def edit_lost(owner: Owner, name: str, ci: int) -> str:
+    return (f"Facet {name!r} of {owner.name()} was edited inside op #{ci} in this trace, "
+            "and the edited values are not available: the trace keeps payloads as copies "
+            "(detach=, device= or dtype=), which drops them. Capture without those options "
+            "to read edited facets that exist only inside a fused op.")
