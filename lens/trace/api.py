@@ -34,20 +34,12 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     ``halt`` stops the forward right after the first op a selector matches.
     ``intervene`` takes ``tl.when(...)`` rules (or a list) applied to ops as they run.
     """
-    check_model(model)
     kwargs = dict(input_kwargs or {})
-    index = ModelIndex(model)
-    addresses = index.addresses
-    save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
-    halt_fn = halt_predicate(halt, addresses) if halt is not None else None
-    interceptors = _interceptors(intervene, addresses, {
-        "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
-    if save_grads is not False and save_grads is not None:
-        interceptors = (*interceptors, GradCapture(save_grads, addresses))
-    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
-                   policy=policy, interceptors=interceptors, halt=halt_fn,
-                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
-                   index=index)
+    rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
+                             dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
+                             code_context=code_context,
+                             intervention_ready=intervention_ready, save_grads=save_grads)
+    interceptors = rec.interceptors
     # Replay and rerun re-draw random ops from the RNG state the capture started from.
     rng = _rng_snapshot() if intervention_ready else None
     with _no_gc():
@@ -64,6 +56,27 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         if close is not None:
             close(result)
     return result
+
+
+def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save: Any,
+             detach: bool, device: Any, dtype: Any, halt: Any, intervene: Any,
+             lookback: int | None, code_context: bool, intervention_ready: bool,
+             save_grads: Any) -> tuple[Recorder, Selector | None]:
+    """Check the model and set up a Recorder for one call (shared by trace and record)."""
+    check_model(model)
+    index = ModelIndex(model)
+    addresses = index.addresses
+    save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
+    halt_fn = halt_predicate(halt, addresses) if halt is not None else None
+    interceptors = _interceptors(intervene, addresses, {
+        "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
+    if save_grads is not False and save_grads is not None:
+        interceptors = (*interceptors, GradCapture(save_grads, addresses))
+    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+                   policy=policy, interceptors=interceptors, halt=halt_fn,
+                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
+                   index=index)
+    return rec, save_sel
 
 
 def _rng_snapshot() -> dict[str, Any]:

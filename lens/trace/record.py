@@ -34,13 +34,12 @@ from torch import nn
 
 from ..capture import PayloadOptions, Recorder, check_model, run_forward
 from ..capture.model_index import ModelIndex
-from ..capture.policy import STAGE_RANK, SelectorPolicy, halt_predicate
+from ..capture.policy import STAGE_RANK, SelectorPolicy
 from ..capture.records import OpRecord
 from ..errors import LookupKeyError, PayloadError
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import _ADDRESS
-from .api import _interceptors, _policy, build
-from .grads import GradCapture
+from .api import build, recorder
 from .op import Op
 from .trace import Trace
 
@@ -140,20 +139,13 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
     ``.to_trace()`` builds the trace. Cheapest with a sparse ``save=`` selector.
     """
-    check_model(model)
-    index = ModelIndex(model)
-    addresses = index.addresses
-    save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
-    halt_fn = halt_predicate(halt, addresses) if halt is not None else None
-    interceptors = _interceptors(intervene, addresses)
-    if save_grads is not False and save_grads is not None:
-        interceptors = (*interceptors, GradCapture(save_grads, addresses))
-    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
-                   policy=policy, interceptors=interceptors, halt=halt_fn,
-                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
-                   index=index)
+    kwargs = dict(input_kwargs or {})
+    rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
+                             dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
+                             code_context=code_context,
+                             intervention_ready=intervention_ready, save_grads=save_grads)
     t0 = perf_counter()
-    output = run_forward(model, rec, args, dict(input_kwargs or {}))
+    output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0
     return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
                      {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
