@@ -24,7 +24,7 @@ TORCH_SPEC := torch==2.13.0
 install: $(STAMP)
 
 # torch goes in first, on its own, so the project's `torch>=2.3` is already satisfied
-# when pip resolves `.[dev,hf,ray]` and never looks for another torch build.
+# when pip resolves the extras and never looks for another torch build.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PIP) install --upgrade pip
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	else \
 	  $(PIP) install '$(TORCH_SPEC)'; \
 	fi
-	$(PIP) install -e '.[dev,hf,ray]'
+	$(PIP) install -e '.[dev,hf,ray,plot,parquet]'
 	@$(MAKE) --no-print-directory graphviz-binary
 	@touch $@
 

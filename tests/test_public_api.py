@@ -87,3 +87,15 @@ def test_rooms_never_import_a_room_to_their_right():
             if other in RANK and other != room and RANK[other] >= RANK[room]:
                 bad.append(f"{path.relative_to(ROOT)} imports lens.{other}")
     assert not bad, bad
+
+
+def test_one_version_string():
+    import importlib.metadata
+    import re
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    project = re.search(r"(?ms)^\[project\]$(.*?)^\[", pyproject)
+    assert project and 'dynamic = ["version"]' in project.group(1)
+    assert not re.search(r"(?m)^version\s*=", project.group(1)), "one version: lens/__init__"
+    assert 'version = { attr = "lens.__version__" }' in pyproject
+    assert importlib.metadata.version("lens") == lens.__version__

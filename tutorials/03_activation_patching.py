@@ -101,7 +101,8 @@ assert others.abs().max().max() < 0.1, others.abs().max()
 # `position_dim=1` makes each sweep cell one **head** (patched at every position).
 #
 # (No hook points or model edits are needed: the `z` op is recorded like any other.
-# `lens.facets` will also name per-head views such as a head's `z` or `result` directly.)
+# `lens.facets` also names per-head views such as a head's `z` or `result`, read as
+# `trace.modules['blocks.0.attn'].facets['z']`; tutorial 04 shows them.)
 
 # %%
 Z = tl.func("matmul") & tl.preceded_by(tl.func("softmax"))

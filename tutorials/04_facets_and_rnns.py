@@ -9,14 +9,11 @@
 # - `nn.LSTM` is one fused op: its input, forget and output gates exist only inside it.
 #
 # A **facet** is a named view derived from the recorded ops and parameters of a module:
-# a head's q, k, v, pattern, z and result; an LSTM's gates at each step. This tutorial
-# derives them **by hand** from a trace, and checks each against an independent route
-# (the eager attention implementation; the LSTM's own outputs).
-#
-# > **NOTE (status).** `lens.facets`, which will provide these views by name, had not
-# > landed when this tutorial was written, so every facet below is computed by hand from
-# > the trace (`op.parents`, `op.out`, `trace.param_values`). Once it lands, each hand
-# > computation becomes the check of the corresponding facet.
+# a head's q, k, v, pattern, z and result; an LSTM's gates at each step. lens finds them
+# from the graph: `trace.modules[address].facets["pattern"]`. This tutorial first derives
+# each one **by hand** from the trace (`op.parents`, `op.out`, `trace.param_values`) to
+# show what it means, then checks lens's facet against that hand computation and against
+# an independent route (the eager attention implementation; the LSTM's own outputs).
 #
 # The models are built from small configs (no downloads); the LSTM is trained here on a
 # toy task in a few seconds.
@@ -118,6 +115,19 @@ for kind, layers in facets.items():
         torch.testing.assert_close(f["pattern"], w, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(f["pattern"] @ f["v"], f["z"], rtol=1e-4, atol=1e-5)
     print(f"{kind}: patterns equal the eager model's output_attentions in every layer")
+
+# %% [markdown]
+# The same views by name, from `lens.facets`: each attention module's facets hold
+# `(batch, head, position, ...)` tensors equal to the hand computations above.
+
+# %%
+ATTN = {"gpt2": "transformer.h.{}.attn", "llama": "model.layers.{}.self_attn"}
+for kind, layers in facets.items():
+    for layer, f in enumerate(layers):
+        named = traces[kind].modules[ATTN[kind].format(layer)].facets
+        for name in ("q", "pattern", "z"):
+            torch.testing.assert_close(named[name], f[name], rtol=1e-4, atol=1e-5)
+    print(f"{kind}: tl facets q, pattern and z equal the hand computation in every layer")
 
 # %% [markdown]
 # ## Per-head results
@@ -244,6 +254,16 @@ for t in range(x_in.shape[1]):
     hs.append(h)
 stacked = {name: torch.stack(v, dim=1) for name, v in gates.items()}  # (batch, step, unit)
 torch.testing.assert_close(torch.stack(hs, dim=1), seq_out, rtol=1e-4, atol=1e-5)
+
+# %% [markdown]
+# lens's recurrent facets give the same gates by name, laid out
+# `(layer, direction, batch, step, unit)`.
+
+# %%
+lstm_facets = ltrace.modules["lstm"].facets
+for name, key in zip(gates, "ifgo", strict=True):
+    torch.testing.assert_close(lstm_facets[key][0, 0], stacked[name], rtol=1e-4, atol=1e-5)
+print("LSTM facets i, f, g, o equal the hand-computed gates")
 
 # %% [markdown]
 # **Finding.** The forget gate drops at reset steps: averaged over units, it is far

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MissingDependencyError
+from .._optional import new_figure
 from .metrics import CHANGE, resolve
 
 if TYPE_CHECKING:
@@ -13,24 +13,12 @@ if TYPE_CHECKING:
     from .bundle import Bundle
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - matplotlib is a core dependency
-        raise MissingDependencyError("Plots need matplotlib: pip install matplotlib") from e
-    return plt
-
-
 def plot_bundle(b: Bundle, selector: Any, metric: Any, ax: Any) -> Figure:
     """A line per member: the metric against the baseline at each site, in graph order."""
-    plt = _pyplot()
     name, _ = resolve(metric)
     frame = b.compare_at(selector, metric)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(frame)), 3.5))
+        fig, ax = new_figure((max(6.0, 0.12 * len(frame)), 3.5))
     else:
         fig = ax.figure
     xs = range(len(frame))
@@ -42,7 +30,7 @@ def plot_bundle(b: Bundle, selector: Any, metric: Any, ax: Any) -> Figure:
     ax.set_title(f"{b.traces[b.baseline].model_name}: difference from {b.baseline!r}")
     ax.legend()
     fig.tight_layout()
-    return fig  # type: ignore[no-any-return]
+    return fig
 
 
 def draw_bundle(b: Bundle, path: str | None, member: str | None, metric: Any,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._optional import new_figure, require
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -41,15 +43,10 @@ class SweepResult:
 
     def heatmap(self, ax: Any = None, cmap: str = "RdBu_r", title: str | None = None
                 ) -> Figure:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         table = self.pivot()
         if ax is None:
-            fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * table.shape[1] + 2),
-                                            max(3.0, 0.3 * table.shape[0] + 1)))
+            fig, ax = new_figure((max(4.0, 0.3 * table.shape[1] + 2),
+                                  max(3.0, 0.3 * table.shape[0] + 1)))
         else:
             fig = ax.figure
         values = table.to_numpy(dtype=float)
@@ -70,6 +67,7 @@ class SweepResult:
         p = Path(path)
         frame = self.to_pandas()
         if p.suffix == ".parquet":
+            require("pyarrow")
             frame.to_parquet(p)
         elif p.suffix == ".csv":
             frame.to_csv(p, index=False)
