@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import flops
+
 if TYPE_CHECKING:
     from .op import Op
     from .trace import Trace
@@ -92,10 +94,10 @@ def trace_report(trace: Trace) -> str:
 
 
 def summary(trace: Trace, depth: int = 1) -> str:
-    rows = [("Layer", "Output shape", "Params", "Ops")]
+    rows = [("Layer", "Output shape", "Params", "Ops", "FLOPs")]
     inputs = [op for op in trace.ops if op.is_input]
     for op in inputs:
-        rows.append((op.label, shape_list(op.shape), "0", "-"))
+        rows.append((op.label, shape_list(op.shape), "0", "-", "-"))
     for address, mod in trace.modules.items():
         if not address or address.count(".") >= depth or not mod.calls:
             continue
@@ -103,11 +105,12 @@ def summary(trace: Trace, depth: int = 1) -> str:
         out_shape = shape_list(outs[-1].shape) if outs else "-"
         calls = f" x{len(mod.calls)}" if len(mod.calls) > 1 else ""
         rows.append((f"{address} ({mod.class_name}){calls}", out_shape,
-                     count(mod.num_params), str(len(mod.ops))))
+                     count(mod.num_params), str(len(mod.ops)),
+                     flops.human(flops.total_cost(mod.ops)[0]).strip()))
     for op in trace.ops:
         if op.is_output:
-            rows.append((op.label, shape_list(op.shape), "-", "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            rows.append((op.label, shape_list(op.shape), "-", "-", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
     def line(r: tuple[str, ...]) -> str:
@@ -115,10 +118,12 @@ def summary(trace: Trace, depth: int = 1) -> str:
 
     body = [sep, line(rows[0]), sep, *(line(r) for r in rows[1:]), sep]
     edges = sum(len(op.parent_idx) for op in trace.ops)
+    total_flops, total_macs = flops.total_cost(trace.ops)
     tail = [
         f"Model: {trace.model_name}" + (" (halted early)" if trace.halted else ""),
         f"Params: {trace.num_params:,}",
         f"Ops: {len(trace.ops)} total; edges: {edges}",
+        f"Forward FLOPs: {flops.human(total_flops)}FLOPs MACs: {flops.human(total_macs)}FLOPs",
         f"Saved: {sum(op.payload is not None for op in trace.ops)} payloads, "
         f"{nbytes(trace.saved_nbytes)}",
     ]

@@ -14,7 +14,7 @@ import torch
 
 from ..capture.records import BUFFER, INPUT, OP, OUTPUT, OpRecord
 from ..errors import PayloadError
-from . import fmt
+from . import flops, fmt
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -204,6 +204,16 @@ class Op(OpRecord):
         if self.dtype is None:
             return 0
         return self.numel * _itemsize(self.dtype)
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs, counted from shapes (convention in :mod:`lens.trace.flops`)."""
+        return flops.op_cost(self)[0]
+
+    @property
+    def macs(self) -> int:
+        """Forward multiply-accumulates of a contraction (0 for other ops)."""
+        return flops.op_cost(self)[1]
 
     # --------------------------------------------------------------- function
     @property

@@ -1,0 +1,155 @@
+"""Forward FLOPs and MACs per op, counted from recorded shapes (never by running anything).
+
+The convention, stated once:
+
+- **Contractions** (``linear``, ``matmul``/``mm``/``bmm``/``@``, ``addmm``/``baddbmm``,
+  ``einsum``, ``conv*``/``conv_transpose*``, ``scaled_dot_product_attention``): MACs are the
+  multiply-accumulates of the contraction; FLOPs are ``2 * MACs``, plus one per output
+  element for a fused bias or addend.
+- **Elementwise and reductions** (``add``, ``relu``, ``gelu``, ``sum``, ``mean``, ...): one
+  FLOP per element of the largest operand or output, no MACs.
+- **Normalisations**: five FLOPs per element (mean, variance, centre, scale, shift);
+  **softmax** and **log_softmax**: three per element (exp, sum, divide).
+- **Shape-only ops** (views, indexing, concatenation, copies, dtype casts, factories) and
+  inputs/outputs: zero.
+
+``op_cost(op)`` gives ``(flops, macs)``; ``Trace.summary()`` prints the totals, and
+``module_cost`` sums the ops inside one module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..capture.records import ParamRef, Ref
+
+if TYPE_CHECKING:
+    from .op import Op
+
+Shape = tuple[int, ...]
+
+_ZERO = re.compile(
+    r"^(view|reshape|flatten|unflatten|squeeze|unsqueeze|permute|transpose|t|contiguous|"
+    r"expand|expand_as|repeat|getitem|setitem|split|chunk|unbind|cat|concat|stack|narrow|"
+    r"select|index_select|gather|clone|copy|detach|to|type|float|half|double|int|long|bool|"
+    r"bfloat16|cpu|cuda|zeros|ones|full|empty|arange|linspace|rand|randn|randint|tensor|"
+    r"zeros_like|ones_like|full_like|empty_like|embedding|dropout|identity|input|output|"
+    r"buffer|movedim|roll|flip|tril|triu|masked_fill|where|pad|size|dim|tolist)$")
+_NORMS = re.compile(r"^(layer_norm|batch_norm|group_norm|instance_norm|rms_norm|normalize)$")
+_SOFTMAX = re.compile(r"^(softmax|log_softmax|_softmax)$")
+
+
+def _shapes(template: Any, trace: Any) -> Iterator[Shape]:
+    """The shape of every tensor operand in an argument template, in order."""
+    if isinstance(template, Ref):
+        op = trace._by_call.get(template.op)
+        if op is not None:
+            yield tuple(op.shape)
+    elif isinstance(template, ParamRef):
+        meta = trace.param_meta.get(template.name)
+        if meta is not None:
+            yield tuple(meta[0])
+    elif isinstance(template, torch.Tensor):
+        yield tuple(template.shape)
+    elif isinstance(template, (tuple, list)):
+        for item in template:
+            yield from _shapes(item, trace)
+    elif isinstance(template, dict):
+        for item in template.values():
+            yield from _shapes(item, trace)
+
+
+def _numel(shape: Iterable[int]) -> int:
+    return math.prod(shape)
+
+
+def _contraction(name: str, ins: list[Shape], out: Shape, op: Op) -> tuple[int, int] | None:
+    """(MACs, extra FLOPs) for a contraction, or None if ``name`` is not one."""
+    n_out = _numel(out)
+    if name == "linear" and ins:
+        return n_out * ins[0][-1], (n_out if len(ins) > 2 else 0)
+    if name in ("matmul", "mm", "bmm", "rmatmul", "dot", "mv", "inner") and ins:
+        first = ins[1] if name == "rmatmul" and len(ins) > 1 else ins[0]
+        return n_out * (first[-1] if first else 1), 0
+    if name in ("addmm", "baddbmm", "addbmm", "addmv") and len(ins) >= 2:
+        return n_out * ins[1][-1], n_out
+    if name.startswith(("conv", "conv_transpose")) and len(ins) >= 2:
+        weight = ins[1]
+        if name.startswith("conv_transpose"):  # weight (C_in, C_out/groups, *k)
+            return _numel(ins[0]) * _numel(weight[1:]), (n_out if len(ins) > 2 else 0)
+        return n_out * _numel(weight[1:]), (n_out if len(ins) > 2 else 0)
+    if name == "scaled_dot_product_attention" and len(ins) >= 3:
+        q, k, v = ins[:3]
+        batch = _numel(q[:-2])
+        return batch * q[-2] * k[-2] * (q[-1] + v[-1]), 0
+    if name == "einsum":
+        return _einsum_macs(op, ins), 0
+    return None
+
+
+def _einsum_macs(op: Op, ins: list[Shape]) -> int:
+    equation = next((a for a in op.args if isinstance(a, str)), None)
+    if equation is None:
+        return 0
+    lhs = equation.replace(" ", "").split("->")[0].split(",")
+    sizes: dict[str, int] = {}
+    for letters, shape in zip(lhs, ins, strict=False):
+        for letter, size in zip(letters.replace("...", ""), shape[-len(letters):], strict=False):
+            sizes[letter] = size
+    return _numel(sizes.values())
+
+
+_DUNDER_MATH = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+                          "and", "or", "xor", "lshift", "rshift"})
+
+
+def _base_name(func_name: str) -> str:
+    """``__radd__``/``__iadd__``/``add_`` -> ``add``; ``__rmatmul__`` keeps its side."""
+    if func_name.startswith("__") and func_name.endswith("__"):
+        core = func_name[2:-2]
+        if core != "rmatmul" and core[:1] in ("r", "i") and core[1:] in _DUNDER_MATH:
+            return core[1:]
+        return core
+    return func_name.rstrip("_") or func_name
+
+
+def op_cost(op: Op) -> tuple[int, int]:
+    """``(flops, macs)`` of one op, by the convention in this module's docstring."""
+    name = _base_name(op.func_name)
+    if op.kind != "op" or _ZERO.match(name):
+        return 0, 0
+    ins = list(_shapes(op.args, op.trace)) + list(_shapes(op.kwargs, op.trace))
+    out = tuple(op.shape)
+    found = _contraction(name, ins, out, op)
+    if found is not None:
+        macs, extra = found
+        return 2 * macs + extra, macs
+    largest = max([_numel(out), *(_numel(s) for s in ins)])
+    if _NORMS.match(name):
+        return 5 * largest, 0
+    if _SOFTMAX.match(name):
+        return 3 * largest, 0
+    return largest, 0
+
+
+def total_cost(ops: Iterable[Op]) -> tuple[int, int]:
+    """Summed ``(flops, macs)`` of ``ops``."""
+    flops = macs = 0
+    for op in ops:
+        f, m = op_cost(op)
+        flops += f
+        macs += m
+    return flops, macs
+
+
+def human(n: float) -> str:
+    """``1.4 G``-style figure for FLOP counts."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} "
