@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from ..errors import LoadError
-from ._safe import read_regular, read_safetensors
-from .schema import JSON_NAME, TENSORS_NAME, Reader, dtype_named
+from ._safe import read_safetensors
+from .schema import JSON_NAME, Reader, dtype_named
 
 # Restoring a non-dense stride (a saved slice of a bigger tensor) allocates the whole span
 # the strides reach. That span comes from the file, so the extra memory is bounded: at
@@ -20,14 +20,12 @@ from .schema import JSON_NAME, TENSORS_NAME, Reader, dtype_named
 STRIDE_BUDGET_BYTES = 64 << 20
 
 
-def read_trace_tensors(root: Path, doc: Reader, device: Any) -> dict[str, torch.Tensor]:
-    """Every tensor ``trace.json`` declares, keyed as there; :class:`LoadError` if the
-    file and the JSON disagree in any way."""
-    file = root / TENSORS_NAME
-    data = read_regular(root, TENSORS_NAME, str(file))
+def read_trace_tensors(data: bytearray, file: Path, doc: Reader,
+                       device: Any) -> dict[str, torch.Tensor]:
+    """Every tensor ``trace.json`` declares, keyed as there, from the bytes of the tensor
+    ``file``; :class:`LoadError` if the file and the JSON disagree in any way."""
     size = len(data)
     stored = read_safetensors(data, str(file))
-    del data
     if device is not None:
         stored = {k: v.to(device) for k, v in stored.items()}
     budget = [max(STRIDE_BUDGET_BYTES, size)]

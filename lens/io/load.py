@@ -78,12 +78,23 @@ def load(path: str | os.PathLike[str], *, device: Any = None) -> Trace:
     anything wrong raises :class:`LoadError` naming the file and the field.
     """
     root = _trace_dir(path)
-    doc = _read_json(root)
-    tensors = read_trace_tensors(root, doc, device)
+    text = read_regular(root, JSON_NAME, str(root / JSON_NAME))
+    blob = read_regular(root, TENSORS_NAME, str(root / TENSORS_NAME))
+    return from_bytes(text, blob, root, device=device)
+
+
+def from_bytes(text: bytes | bytearray, blob: bytearray, root: Path, *,
+               device: Any = None) -> Trace:
+    """The trace held by the bytes of ``trace.json`` and ``tensors.safetensors`` (``root``
+    only names them in messages): every check of :func:`load` but the file system's."""
+    doc = _read_json(text, root / JSON_NAME)
     try:
-        return _build(doc, tensors)
-    except LoadError:
-        raise
+        return _build(doc, read_trace_tensors(blob, root / TENSORS_NAME, doc, device))
+    except LoadError as e:  # say which file the field path is in
+        msg = str(e)
+        if msg.startswith(str(root)):
+            raise
+        raise LoadError(f"{root / JSON_NAME}: {msg}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError,
             ArithmeticError) as e:
         raise LoadError(f"{root / JSON_NAME} is malformed: {type(e).__name__}: {e}") from None
@@ -104,9 +115,8 @@ def _trace_dir(path: Any) -> Path:
     return root
 
 
-def _read_json(root: Path) -> Reader:
-    file = root / JSON_NAME
-    doc = loads_json(read_regular(root, JSON_NAME, str(file)), str(file))
+def _read_json(text: bytes | bytearray, file: Path) -> Reader:
+    doc = loads_json(text, str(file))
     r = Reader(doc, JSON_NAME)
     if doc.get("format") != FORMAT:
         raise LoadError(f"{file} is not a lens trace (format {doc.get('format')!r:.60}).")
@@ -246,7 +256,10 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
 
 def _func(r: Reader, kind: str, func_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
     name = r.text("func", optional=True)
-    func = None if name is None else names.resolve(name)  # LoadError outside the allow-list
+    try:
+        func = None if name is None else names.resolve(name)  # refuses all else
+    except LoadError as e:
+        raise LoadError(f"{r.where}.func: {e}") from None
     if kind != OP:
         if func is not None:
             raise LoadError(f"{r.where}: a {kind!r} op has no function, but names {name!r}.")
