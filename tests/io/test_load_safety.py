@@ -350,3 +350,12 @@ def test_save_refuses_a_foreign_trace_json_and_a_planted_link(tmp_path):
         save(_small_trace(), tmp_path / "b")
     save(_small_trace(), tmp_path / "b", overwrite=True)  # replaces the link, not its target
     assert outside.read_text() == "keep me" and not (tmp_path / "b" / JSON_NAME).is_symlink()
+
+
+@pytest.mark.parametrize("name", ["../trace.json", "/etc/passwd", "..", ".", "", "a/b",
+                                  "a\\b", "C:x", "x\0y", 5, None])
+def test_file_names_from_a_file_must_be_plain_names_inside_the_folder(saved, name):
+    from lens.io._safe import read_regular
+
+    with pytest.raises(tl.LoadError, match="not a plain file name"):
+        read_regular(saved, name, "manifest.shards[0]")  # type: ignore[arg-type]
