@@ -23,6 +23,7 @@ from .errors import (
     ModelTypeError,
     PayloadError,
     ReplayError,
+    SaveError,
     SelectorError,
 )
 from .facets import Facets, FacetView, facet, find_facets
@@ -95,6 +96,7 @@ __all__ = [
     "RayExecutor",
     "Recording",
     "ReplayError",
+    "SaveError",
     "SelectorError",
     "SweepResult",
     "Trace",

@@ -48,6 +48,11 @@ class LoadError(LensError, ValueError):
     """A saved trace or dataset could not be read safely."""
 
 
+class SaveError(LensError, ValueError):
+    """A trace could not be saved there: a wrong argument, or a file or folder that is not
+    a lens trace in the way (``overwrite=True`` writes over it)."""
+
+
 class MissingDependencyError(LensError, ImportError):
     """An optional dependency is needed; the message names the pip extra to install."""
 

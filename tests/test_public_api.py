@@ -25,7 +25,7 @@ PUBLIC = {
     # errors
     "LensError", "LookupKeyError", "SelectorError", "CaptureError", "ModelTypeError",
     "PayloadError", "ReplayError", "InterventionError", "LoadError",
-    "MissingDependencyError", "DrawError",
+    "MissingDependencyError", "DrawError", "SaveError",
     "__version__",
     # facets
     "facet", "find_facets", "Facets", "FacetView", "FacetError",

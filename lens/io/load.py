@@ -9,9 +9,8 @@ named in the file is imported, evaluated or called.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from ..capture.records import OP, ModuleCallRecord, ParamRef, Ref
 from ..errors import LoadError, ReplayError
 from ..trace import Layer, Op, Trace
 from . import names
+from ._safe import loads_json, read_regular
+from ._tensors import read_trace_tensors
 from .schema import (
     FORMAT,
     JSON_NAME,
@@ -33,6 +34,10 @@ from .schema import (
     decode,
     dtype_named,
 )
+
+# Slots for every recorded op (orphans included) are allocated up front: more than this
+# many is refused rather than trusted.
+MAX_RECORDED = 1 << 24
 
 
 class NotReplayable:
@@ -64,26 +69,54 @@ def replayable(op: Op) -> bool:
 
 
 def load(path: str | os.PathLike[str], *, device: Any = None) -> Trace:
-    """Read a trace saved with ``tl.save``. Tensors land on the CPU, or on ``device``."""
-    root = Path(path)
-    doc = _read_json(root / JSON_NAME)
-    tensors = _read_tensors(root / TENSORS_NAME, doc, device)
+    """Read a trace saved with ``tl.save``. Tensors land on the CPU, or on ``device``.
+
+    ``path`` is the folder ``tl.save`` wrote; it may itself be a symbolic link (your
+    choice), but ``trace.json`` and ``tensors.safetensors`` inside it must be regular
+    files: a link, FIFO or device in their place is refused, never followed or opened.
+    Every field is checked (types, ranges, references, tensor headers) before it is used;
+    anything wrong raises :class:`LoadError` naming the file and the field.
+    """
+    root = _trace_dir(path)
+    text = read_regular(root, JSON_NAME, str(root / JSON_NAME))
+    blob = read_regular(root, TENSORS_NAME, str(root / TENSORS_NAME))
+    return from_bytes(text, blob, root, device=device)
+
+
+def from_bytes(text: bytes | bytearray, blob: bytearray, root: Path, *,
+               device: Any = None) -> Trace:
+    """The trace held by the bytes of ``trace.json`` and ``tensors.safetensors`` (``root``
+    only names them in messages): every check of :func:`load` but the file system's."""
+    doc = _read_json(text, root / JSON_NAME)
     try:
-        return _build(doc, tensors)
-    except LoadError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        return _build(doc, read_trace_tensors(blob, root / TENSORS_NAME, doc, device))
+    except LoadError as e:  # say which file the field path is in
+        msg = str(e)
+        if msg.startswith(str(root)):
+            raise
+        raise LoadError(f"{root / JSON_NAME}: {msg}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError,
+            ArithmeticError) as e:
         raise LoadError(f"{root / JSON_NAME} is malformed: {type(e).__name__}: {e}") from None
 
 
-def _read_json(file: Path) -> Reader:
-    if not file.is_file():
-        hint = " (tl.save writes a directory; pass that directory)" if file.parent.is_file() else ""
-        raise LoadError(f"No saved trace at {file.parent}: {file.name} is missing{hint}.")
+def _trace_dir(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise LoadError(f"tl.load needs the path (str or os.PathLike) of a folder written by "
+                        f"tl.save; got {type(path).__name__} {path!r:.60}.")
+    root = Path(path)
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoadError(f"{file} is not valid JSON: {e}") from None
+        mode = os.stat(root).st_mode  # follows a link: the folder itself may be one
+    except OSError:
+        raise LoadError(f"No saved trace at {root}: that folder is missing.") from None
+    if not stat.S_ISDIR(mode):
+        raise LoadError(f"No saved trace at {root}: it is a file, not a folder. tl.save writes "
+                        f"a folder holding {JSON_NAME} and {TENSORS_NAME}; pass that folder.")
+    return root
+
+
+def _read_json(text: bytes | bytearray, file: Path) -> Reader:
+    doc = loads_json(text, str(file))
     r = Reader(doc, JSON_NAME)
     if doc.get("format") != FORMAT:
         raise LoadError(f"{file} is not a lens trace (format {doc.get('format')!r:.60}).")
@@ -97,55 +130,11 @@ def _read_json(file: Path) -> Reader:
     return r
 
 
-def _read_tensors(file: Path, doc: Reader, device: Any) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not file.is_file():
-        raise LoadError(f"{file} is missing: the trace's tensors cannot be read.")
-    try:
-        tensors = load_file(str(file), device="cpu")
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise LoadError(f"{file} is not a readable safetensors file (truncated or "
-                        f"corrupt?): {e}") from None
-    # Fresh allocations: tensors read from the file can sit at unaligned addresses, which
-    # makes some CPU kernels (BLAS) take other code paths and differ in the last bit.
-    data = {k: v.to(device if device is not None else "cpu", copy=True)
-            for k, v in tensors.items()}
-    return {key: _restore(key, Reader(meta, f"tensors.{key}"), data, file)
-            for key, meta in doc.mapping("tensors").items()}
-
-
-def _restore(key: str, m: Reader, data: dict[str, torch.Tensor], file: Path) -> torch.Tensor:
-    shape, stride = m.integers("shape"), m.integers("stride")
-    dtype = dtype_named(m.raw("dtype"), m.where)
-    offset = m.integer("offset")
-    base_key = m.text("base", optional=True)
-    if len(stride) != len(shape) or min([*shape, *stride, offset, 0]) < 0:
-        raise LoadError(f"{m.where}: invalid shape/stride/offset {shape}/{stride}/{offset}.")
-    if base_key is None:
-        t = data.get(key)
-        if t is None:
-            raise LoadError(f"{file} lacks tensor {key!r} that {JSON_NAME} declares.")
-        if list(t.shape) != shape or t.dtype != dtype:
-            raise LoadError(f"Tensor {key!r} in {file} has shape {tuple(t.shape)} and dtype "
-                            f"{t.dtype}, but {JSON_NAME} declares {shape} {dtype}.")
-        if t.numel() > 1 and list(t.stride()) != stride:
-            with contextlib.suppress(RuntimeError):  # the recorded layout, if a dense one
-                t = torch.empty_strided(shape, stride, dtype=dtype, device=t.device).copy_(t)
-        return t
-    base = data.get(base_key)
-    if base is None or base.dtype != dtype:
-        raise LoadError(f"{m.where}: base tensor {base_key!r} is missing or has another dtype.")
-    end = offset + sum((s - 1) * st for s, st in zip(shape, stride, strict=True)) + 1
-    if 0 in shape or end > base.numel():
-        raise LoadError(f"{m.where}: view of {base_key!r} reaches past its end.")
-    return base.as_strided(shape, stride, offset)
-
-
 def _build(doc: Reader, tensors: dict[str, torch.Tensor]) -> Trace:
     calls = _module_calls(doc)
     n = doc.integer("num_recorded")
+    if not 0 <= n <= MAX_RECORDED:
+        raise LoadError(f"{doc.where}.num_recorded: {n} is out of range (0 to {MAX_RECORDED}).")
     slots: list[Any] = [None] * n
     ops: list[Op] = []
     for i, raw in enumerate(doc.array("ops")):
@@ -247,6 +236,9 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
     op.shape = tuple(r.integers("shape"))
     dt = r.raw("dtype")
     op.dtype = None if dt is None else dtype_named(dt, f"{r.where}.dtype")
+    if payload is not None and tuple(payload.shape) != op.shape:  # dtype may be cast
+        raise LoadError(f"{r.where}.shape: the op declares {op.shape}, but its payload has "
+                        f"shape {tuple(payload.shape)}.")
     dev = r.text("device", optional=True)
     op.device = None if dev is None else decode({"$": "device", "v": dev}, f"{r.where}.device")
     op.requires_grad = r.flag("requires_grad")
@@ -264,7 +256,10 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
 
 def _func(r: Reader, kind: str, func_name: str, args: Any, kwargs: dict[str, Any]) -> Any:
     name = r.text("func", optional=True)
-    func = None if name is None else names.resolve(name)  # LoadError outside the allow-list
+    try:
+        func = None if name is None else names.resolve(name)  # refuses all else
+    except LoadError as e:
+        raise LoadError(f"{r.where}.func: {e}") from None
     if kind != OP:
         if func is not None:
             raise LoadError(f"{r.where}: a {kind!r} op has no function, but names {name!r}.")

@@ -10,16 +10,20 @@ independent copies, which keeps every value bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import LensError
+from ..errors import LensError, LoadError, SaveError
 from ..trace import Op, Trace
 from . import names
+from ._safe import loads_json, read_regular
 from .schema import FORMAT, JSON_NAME, SCHEMA_VERSION, TENSORS_NAME, dtype_name, encode
 
 
@@ -95,16 +99,24 @@ def _plain_copy(t: torch.Tensor, copy: bool) -> torch.Tensor:
     return x.clone(memory_format=torch.contiguous_format) if copy or not _whole(x) else x
 
 
-def save(trace: Trace, path: str | os.PathLike[str], *, params: bool = True) -> Path:
-    """Write ``trace`` to the directory ``path`` (created if needed); returns the path.
+def save(trace: Trace, path: str | os.PathLike[str], *, params: bool = True,
+         overwrite: bool = False) -> Path:
+    """Write ``trace`` to the folder ``path``; returns the path. ``tl.load`` reads it back.
 
     ``params=True`` also stores the parameter values, so ``tl.load`` gives a trace that
-    replays without the model. ``tl.load(path)`` reads it back.
+    replays without the model.
+
+    ``path`` may be new (created, with its parents), an empty folder, or a trace saved
+    before (replaced); a symbolic link to such a folder is followed. Anything else in the
+    way (a file, a folder holding other files, a ``trace.json`` that is not a lens
+    trace) raises :class:`SaveError` unless ``overwrite=True``: then a file at ``path`` is
+    replaced by the folder, and into a folder with other content lens writes its two
+    files, deleting nothing else. Each file is written to a fresh temporary name and
+    renamed into place, so an interrupted save never leaves a torn file.
     """
     if not isinstance(trace, Trace):
-        raise LensError(f"tl.save needs a Trace (from tl.trace); got {type(trace).__name__}.")
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+        raise SaveError(f"tl.save needs a Trace (from tl.trace); got {type(trace).__name__}.")
+    out = _target(path, overwrite)
     store = TensorStore()
     doc = document(trace, store, params=params)
     data, meta = store.finish()
@@ -123,9 +135,68 @@ def _write_tensors(data: dict[str, torch.Tensor], tmp: Path) -> None:
 
 
 def _atomic_write(target: Path, write: Any) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, target)
+    # A new name, created exclusively and without following links: a planted
+    # "trace.json.tmp" link cannot redirect the write.
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                     | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _target(path: Any, overwrite: bool) -> Path:
+    """The folder to write into, after refusing what must not be written over."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise SaveError(f"tl.save needs a folder path (str or os.PathLike); got "
+                        f"{type(path).__name__} {path!r:.60}.")
+    out = Path(path)
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISDIR(mode):
+        if not overwrite:
+            raise SaveError(f"Cannot save to {out}: it is a file, and tl.save writes a folder. "
+                            "Choose another path, or pass overwrite=True to replace the file.")
+        out.unlink()
+        mode = None
+    if mode is None:
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise SaveError(f"Cannot create the folder {out}: {e.strerror}.") from None
+        return out
+    why = _not_a_trace(out)
+    if why is not None and not overwrite:
+        raise SaveError(f"Cannot save to {out}: the folder exists and is not a lens trace "
+                        f"({why}). Choose a new or empty folder, or pass overwrite=True to "
+                        f"write {JSON_NAME} and {TENSORS_NAME} into it (nothing else there "
+                        "is deleted).")
+    return out
+
+
+def _not_a_trace(folder: Path) -> str | None:
+    """Why ``folder`` is not a trace lens saved (None if it is one, or is empty)."""
+    mine = (JSON_NAME, TENSORS_NAME)
+    entries = os.listdir(folder)
+    others = sorted(n for n in entries if n not in mine
+                    and not (n.endswith(".tmp") and any(m in n for m in mine)))
+    if others:
+        return f"it holds {others[:3]}" + (" and more" if len(others) > 3 else "")
+    if JSON_NAME not in entries:
+        return None  # empty, or only what an interrupted save left
+    try:
+        doc = loads_json(read_regular(folder, JSON_NAME, JSON_NAME), JSON_NAME)
+    except LoadError as e:
+        return f"its {JSON_NAME} cannot be read: {e}"
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return f"its {JSON_NAME} is not a lens trace"
+    return None
 
 
 def document(trace: Trace, store: TensorStore, *, params: bool = True) -> dict[str, Any]:

@@ -4,6 +4,8 @@ files, wrong JSON types and newer schemas all raise LoadError and execute nothin
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,199 @@ def test_every_torch_op_reachable_by_torch_function_has_a_name_that_resolves_bac
             assert resolve(name) == f, name
             checked += 1
     assert checked > 1000
+
+
+# ---------------------------------------------------------------- paths, links, FIFOs
+@pytest.mark.parametrize("bad", [None, 5, b"bytes/path", ["a"], 1.5])
+def test_load_of_something_that_is_not_a_path_says_what_it_needs(bad):
+    with pytest.raises(tl.LoadError, match=r"needs the path \(str or os.PathLike\)"):
+        load(bad)
+
+
+def test_load_of_a_file_says_a_folder_is_expected(saved):
+    with pytest.raises(tl.LoadError, match="is a file, not a folder.*pass that folder"):
+        load(saved / JSON_NAME)
+
+
+@pytest.mark.parametrize("name", [JSON_NAME, TENSORS_NAME])
+def test_a_link_in_place_of_a_trace_file_is_refused_not_followed(saved, tmp_path, name):
+    # The link points at a perfectly valid file of another trace, outside the folder.
+    other = tmp_path / "other"
+    save(tl.trace(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+                  torch.randn(2, 3)), other)
+    (saved / name).unlink()
+    (saved / name).symlink_to(other / name)
+    with pytest.raises(tl.LoadError, match=f"{name} is a symbolic link.*refuses to follow"):
+        load(saved)
+
+
+@pytest.mark.parametrize("name", [JSON_NAME, TENSORS_NAME])
+def test_a_fifo_in_place_of_a_trace_file_is_refused_without_blocking(saved, name):
+    (saved / name).unlink()
+    os.mkfifo(saved / name)  # opening it for reading would wait for a writer forever
+    errors: list[BaseException] = []
+    reader = threading.Thread(target=lambda: errors.append(_load_error(saved)), daemon=True)
+    reader.start()
+    reader.join(timeout=60)  # a hang guard, not a timing check
+    assert not reader.is_alive(), "tl.load blocked on a FIFO"
+    assert isinstance(errors[0], tl.LoadError) and "is a FIFO" in str(errors[0])
+
+
+def _load_error(path: Path) -> BaseException | None:
+    try:
+        load(path)
+    except BaseException as e:  # noqa: BLE001 - handed to the test thread
+        return e
+    return None
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: p.symlink_to("/dev/zero")])
+def test_a_folder_or_device_link_in_place_of_the_json_is_refused(saved, make):
+    (saved / JSON_NAME).unlink()
+    make(saved / JSON_NAME)
+    with pytest.raises(tl.LoadError, match="a folder|a symbolic link"):
+        load(saved)
+
+
+def test_the_trace_folder_itself_may_be_a_link(saved, tmp_path):
+    (tmp_path / "alias").symlink_to(saved, target_is_directory=True)
+    assert [op.label for op in load(tmp_path / "alias").ops] == \
+        [op.label for op in load(saved).ops]
+
+
+@pytest.mark.parametrize("depth", [65, 900, 100_000])
+def test_deep_nesting_is_refused_before_parsing_never_a_recursion_error(saved, depth):
+    text = (saved / JSON_NAME).read_text()
+    nested = "[" * depth + "]" * depth
+    (saved / JSON_NAME).write_text(text.replace('"args": ', f'"args": {{"$": "tuple", "v": '
+                                                f'[{nested}]}}, "_": ', 1))
+    # around the nest: the document, "ops", the op, the tuple and its "v" list
+    with pytest.raises(tl.LoadError, match=f"nests {depth + 5} levels deep.*at most 64"):
+        load(saved)
+
+
+@pytest.mark.parametrize("literal, why", [
+    ("NaN", "NaN is not JSON"), ("-Infinity", "Infinity is not JSON"),
+    ("1e999", "overflows a float"), ("123456789012345678901234567890", "64 bits"),
+])
+def test_non_finite_and_huge_numbers_are_refused_naming_the_field(saved, literal, why):
+    text = (saved / JSON_NAME).read_text()
+    (saved / JSON_NAME).write_text(text.replace('"elapsed": ', f'"elapsed": {literal}, "x": ', 1))
+    with pytest.raises(tl.LoadError, match=f"trace.json.elapsed: .*{why}"):
+        load(saved)
+
+
+def test_a_duplicated_key_is_refused_naming_it(saved):
+    text = (saved / JSON_NAME).read_text()
+    (saved / JSON_NAME).write_text(text.replace('"format": ', '"format": "x", "format": ', 1))
+    with pytest.raises(tl.LoadError, match="'format' appears twice"):
+        load(saved)
+
+
+def test_a_huge_declared_op_count_is_refused_before_allocating(saved):
+    _edit(saved, lambda doc: doc.update(num_recorded=2 ** 62))
+    with pytest.raises(tl.LoadError, match="num_recorded: 4611686018427387904 is out of range"):
+        load(saved)
+
+
+def _header(path: Path) -> tuple[dict[str, Any], bytes]:
+    data = (path / TENSORS_NAME).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _write_header(path: Path, head: dict[str, Any], body: bytes) -> None:
+    raw = json.dumps(head).encode()
+    (path / TENSORS_NAME).write_bytes(len(raw).to_bytes(8, "little") + raw + body)
+
+
+@pytest.mark.parametrize("lie, match", [
+    (lambda e: e.update(shape=[2 ** 40, 2 ** 40]), "needs .* bytes, but its span is"),
+    (lambda e: e.update(dtype="F64"), "needs .* bytes, but its span is"),
+    (lambda e: e.update(dtype="PICKLE"), "unknown dtype 'PICKLE'"),
+    (lambda e: e.update(data_offsets=[e["data_offsets"][0], 2 ** 62]), "needs|tile|cover"),
+    (lambda e: e.update(data_offsets=e["data_offsets"][::-1]), "start <= end|needs"),
+])
+def test_safetensors_headers_that_lie_are_refused_before_any_tensor_is_made(saved, lie, match):
+    head, body = _header(saved)
+    lie(head[max(k for k in head if k != "__metadata__")])
+    _write_header(saved, head, body)
+    with pytest.raises(tl.LoadError, match=match):
+        load(saved)
+
+
+def test_a_header_length_beyond_the_file_is_refused(saved):
+    data = (saved / TENSORS_NAME).read_bytes()
+    (saved / TENSORS_NAME).write_bytes((2 ** 63).to_bytes(8, "little") + data[8:])
+    with pytest.raises(tl.LoadError, match="header length .* exceeds the file"):
+        load(saved)
+
+
+# ---------------------------------------------------------------- saving over things
+def _small_trace() -> tl.Trace:
+    return tl.trace(nn.Sequential(nn.Linear(3, 2)), torch.randn(1, 3))
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"p"])
+def test_save_to_something_that_is_not_a_path_says_what_it_needs(bad):
+    with pytest.raises(tl.SaveError, match="needs a folder path"):
+        save(_small_trace(), bad)
+
+
+def test_save_of_something_that_is_not_a_trace_is_refused(tmp_path):
+    with pytest.raises(tl.SaveError, match="needs a Trace"):
+        save("trace", tmp_path / "t")  # type: ignore[arg-type]
+
+
+def test_save_refuses_to_replace_a_file_unless_told(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("precious")
+    with pytest.raises(tl.SaveError, match="is a file.*overwrite=True"):
+        save(_small_trace(), target)
+    assert target.read_text() == "precious"
+    save(_small_trace(), target, overwrite=True)
+    assert load(target).ops
+
+
+def test_save_refuses_a_folder_with_other_content_and_overwrite_deletes_nothing(tmp_path):
+    (tmp_path / "data.csv").write_text("1,2")
+    with pytest.raises(tl.SaveError, match=r"not a lens trace \(it holds \['data.csv'\]\)"):
+        save(_small_trace(), tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["data.csv"]
+    save(_small_trace(), tmp_path, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == sorted(["data.csv", JSON_NAME, TENSORS_NAME])
+    assert load(tmp_path).ops
+
+
+def test_save_replaces_a_previous_trace_and_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    save(_small_trace(), tmp_path / "empty")
+    first = load(tmp_path / "empty")
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    save(tl.trace(model, torch.randn(1, 3)), tmp_path / "empty")
+    again = load(tmp_path / "empty")
+    assert len(again.ops) != len(first.ops) and "relu" in str(again)
+
+
+def test_save_refuses_a_foreign_trace_json_and_a_planted_link(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / JSON_NAME).write_text('{"format": "someone-else"}')
+    with pytest.raises(tl.SaveError, match="trace.json is not a lens trace"):
+        save(_small_trace(), tmp_path / "a")
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep me")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / JSON_NAME).symlink_to(outside)
+    with pytest.raises(tl.SaveError, match="symbolic link"):
+        save(_small_trace(), tmp_path / "b")
+    save(_small_trace(), tmp_path / "b", overwrite=True)  # replaces the link, not its target
+    assert outside.read_text() == "keep me" and not (tmp_path / "b" / JSON_NAME).is_symlink()
+
+
+@pytest.mark.parametrize("name", ["../trace.json", "/etc/passwd", "..", ".", "", "a/b",
+                                  "a\\b", "C:x", "x\0y", 5, None])
+def test_file_names_from_a_file_must_be_plain_names_inside_the_folder(saved, name):
+    from lens.io._safe import read_regular
+
+    with pytest.raises(tl.LoadError, match="not a plain file name"):
+        read_regular(saved, name, "manifest.shards[0]")  # type: ignore[arg-type]
