@@ -1,7 +1,9 @@
 """``tl.load(path)``: read a trace written by ``tl.save`` — safely.
 
-Loading parses JSON and a safetensors file, resolves function names inside torch's
-allow-listed namespaces (:mod:`lens.io.names`) and checks every field's type and every
+Loading parses JSON and a safetensors file through lens's own validating readers
+(:mod:`lens.io._safe`), resolves function names only through the explicit table of pure
+tensor operations in :mod:`lens.io.allowlist` (one dict lookup, never an attribute
+search), and checks every field's type and every
 graph reference. Anything unexpected (a newer schema, a function outside the allow-list,
 a truncated tensor file, a field of the wrong type) raises :class:`LoadError`; nothing
 named in the file is imported, evaluated or called.
