@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import LensError
+from ..io._lock import FolderLock
 from .executors import Job, resolve_executor
 from .result import SweepResult
-from .runner import Cell, SweepRunner
-from .spec import SweepSpec
-from .store import ResultStore
+from .runner import Cell, SweepRunner, check_same_shapes
+from .spec import SweepSpec, describe_digest
+from .store import ResultStore, Resume, cell_key
 
 
 def patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
@@ -20,20 +22,23 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
              position_dim: int = 1, batch_size: int = 32, executor: Any = "local",
              out: str | None = None, output: str | None = None,
              input_kwargs: dict[str, Any] | None = None, model_fn: Any = None,
-             progress: bool = True) -> SweepResult:
+             progress: bool = True, resume: Resume = True) -> SweepResult:
     """Patch each site (x position) from the clean run into the corrupted run; score each
     patched run with ``metric(output)``. Cells are replayed downstream of their site only,
-    batched over cells."""
+    batched over cells. With ``out=``, rows are stored there and a rerun computes only
+    the missing ones; ``resume='force'`` keeps rows even though the metric's code changed."""
+    check_same_shapes(clean, corrupted)
     spec = SweepSpec("patching", sites, metric, (clean, corrupted), positions, position_dim,
                      None, output, dict(input_kwargs or {}), model_fn)
-    return run_sweep(spec, model, batch_size, executor, out, progress)
+    return run_sweep(spec, model, batch_size, executor, out, progress, resume)
 
 
 def ablation(model: Any, inputs: Any, sites: Any, *, metric: Callable[[torch.Tensor], Any],
              action: Any = None, positions: Any = None, position_dim: int = 1,
              batch_size: int = 32, executor: Any = "local", out: str | None = None,
              output: str | None = None, input_kwargs: dict[str, Any] | None = None,
-             model_fn: Any = None, progress: bool = True) -> SweepResult:
+             model_fn: Any = None, progress: bool = True, resume: Resume = True
+             ) -> SweepResult:
     """Apply ``action`` (default: zero ablation) at each site (x position) and score."""
     if action is None:
         from ..interventions import zero_ablate
@@ -41,11 +46,20 @@ def ablation(model: Any, inputs: Any, sites: Any, *, metric: Callable[[torch.Ten
         action = zero_ablate()
     spec = SweepSpec("ablation", sites, metric, (inputs,), positions, position_dim, action,
                      output, dict(input_kwargs or {}), model_fn)
-    return run_sweep(spec, model, batch_size, executor, out, progress)
+    return run_sweep(spec, model, batch_size, executor, out, progress, resume)
 
 
 def run_sweep(spec: SweepSpec, model: Any, batch_size: int, executor: Any,
-              out: str | None, progress: bool = True) -> SweepResult:
+              out: str | None, progress: bool = True, resume: Resume = True) -> SweepResult:
+    if out is None:
+        return _run(spec, model, batch_size, executor, None, progress, resume)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "sweep"):
+        return _run(spec, model, batch_size, executor, out, progress, resume)
+
+
+def _run(spec: SweepSpec, model: Any, batch_size: int, executor: Any,
+         out: str | None, progress: bool, resume: Resume) -> SweepResult:
     if model is None:
         if spec.model_fn is None:
             raise LensError("Pass a model, or model_fn= (a picklable function building it).")
@@ -54,12 +68,13 @@ def run_sweep(spec: SweepSpec, model: Any, batch_size: int, executor: Any,
         raise LensError(f"batch_size must be >= 1, got {batch_size}.")
     runner = SweepRunner(model, spec)
     cells = runner.cells()
-    digest = spec.digest(model)
-    store = ResultStore(out, spec.describe(), digest) if out is not None else None
+    described = spec.describe_with(model)
+    digest = describe_digest(described)
+    store = ResultStore(out, described, digest, resume) if out is not None else None
     done: dict[tuple[Any, ...], dict[str, Any]] = {}
     if store is not None:
         for row in store.load():
-            done[(row["site"], row["position"], row["head"])] = row
+            done[cell_key(row)] = row
     todo = [c for c in cells if c.key not in done]
     ex = resolve_executor(executor)
     if progress is False and hasattr(ex, "progress"):
@@ -70,7 +85,9 @@ def run_sweep(spec: SweepSpec, model: Any, batch_size: int, executor: Any,
         for row in rows:
             done[(row["site"], row["position"], row["head"])] = row
     ordered = [done[c.key] for c in cells]
-    return SweepResult(ordered, spec.describe(), digest)
+    result = SweepResult(ordered, spec.describe(), digest)
+    result.damaged = [] if store is None else store.damaged
+    return result
 
 
 def _batches(cells: list[Cell], size: int) -> list[list[Cell]]:

@@ -18,6 +18,7 @@ class SweepResult:
         self.rows = rows
         self.spec = spec
         self.digest = digest
+        self.damaged: list[str] = []  # damaged store lines skipped (and recomputed)
 
     def __len__(self) -> int:
         return len(self.rows)

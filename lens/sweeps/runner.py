@@ -85,20 +85,23 @@ class SweepRunner:
         return found
 
     def cells(self) -> list[Cell]:
+        """Every cell of the grid; positions are checked against every site first."""
         cells = []
         dim = self.spec.position_dim
         for op in self.site_ops():
             positions = self.spec.positions
-            if positions == "each":
-                if len(op.shape) <= dim:
-                    raise LensError(
-                        f"positions='each' needs a dimension {dim} at {op.label}, whose shape "
-                        f"is {tuple(op.shape)}; pass position_dim=... or positions=None.")
-                positions = range(op.shape[dim])
             if positions is None:
                 cells.append(Cell(op.label))
-            else:
-                cells.extend(Cell(op.label, int(p)) for p in positions)
+                continue
+            if len(op.shape) <= dim:
+                raise InterventionError(
+                    f"positions={_short(positions)} needs a dimension {dim} at {op.label}, "
+                    f"whose shape is {tuple(op.shape)}; pass position_dim=... or "
+                    "positions=None.")
+            size = op.shape[dim]
+            if positions == "each":
+                positions = range(size)
+            cells.extend(Cell(op.label, p) for p in _checked(positions, size, op, dim))
         return cells
 
     # ------------------------------------------------------------------ compute
@@ -156,6 +159,63 @@ class SweepRunner:
         return {"site": cell.site, "position": cell.position, "head": cell.head,
                 "value": value, "baseline": self.baseline, "clean": self.clean_value,
                 "kind": self.spec.kind}
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _checked(positions: Any, size: int, op: Op, dim: int) -> list[int]:
+    if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+        raise InterventionError(f"positions={_short(positions)}: use 'each', None, or a "
+                                "list of integer positions.")
+    out: list[int] = []
+    for p in positions:
+        if isinstance(p, torch.Tensor) and p.dim() == 0 and not p.is_floating_point():
+            p = int(p)
+        if not isinstance(p, int) or isinstance(p, bool):
+            raise InterventionError(f"positions: {p!r} is not an integer position.")
+        if not 0 <= p < size:
+            raise InterventionError(
+                f"positions: {p} is out of range at {op.label}, whose dimension {dim} has "
+                f"size {size} (shape {tuple(op.shape)}); use positions in 0..{size - 1}.")
+        if p in out:
+            raise InterventionError(f"positions: {p} is listed twice; list each once.")
+        out.append(p)
+    return out
+
+
+def check_same_shapes(clean: Any, corrupted: Any) -> None:
+    """Patching copies clean values into the corrupted run position by position, so both
+    inputs must have one structure, shapes and dtypes. Checked before any work."""
+    a, b = _leaves(as_args(clean)), _leaves(as_args(corrupted))
+    if [p for p, _ in a] != [p for p, _ in b]:
+        raise InterventionError(
+            f"clean and corrupted inputs differ in structure: {[p for p, _ in a]} vs "
+            f"{[p for p, _ in b]}; pass the same arguments to both.")
+    for (path, x), (_, y) in zip(a, b, strict=True):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor) or (
+                isinstance(x, torch.Tensor) and (x.shape != y.shape or x.dtype != y.dtype)):
+            raise InterventionError(
+                f"clean and corrupted inputs differ at {path}: {_what(x)} vs {_what(y)}. "
+                "Patching needs inputs of one shape (e.g. prompts of the same token "
+                "length); pad or pick matching pairs.")
+
+
+def _what(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor {tuple(x.shape)} {x.dtype}"
+    return type(x).__name__
+
+
+def _leaves(x: Any, path: str = "inputs") -> list[tuple[str, Any]]:
+    if isinstance(x, (tuple, list)):
+        return [leaf for i, v in enumerate(x) for leaf in _leaves(v, f"{path}[{i}]")]
+    if isinstance(x, dict):
+        return [leaf for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))
+                for leaf in _leaves(v, f"{path}[{k!r}]")]
+    return [(path, x)]
 
 
 def _index(position: int | None, dim: int) -> tuple[Any, ...] | None:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import torch
 
+from .identity import code_identity
+
 Kind = Literal["patching", "ablation", "attribution"]
 
 
@@ -34,21 +36,34 @@ class SweepSpec:
             "kind": self.kind,
             "sites": repr(self.sites),
             "metric": _qualname(self.metric),
+            "metric_code": code_identity(self.metric),
             "positions": self.positions if self.positions in ("each", None)
             else [int(p) for p in self.positions],
             "position_dim": self.position_dim,
             "action": _describe_action(self.action),
+            "action_code": None if self.action is None else code_identity(self.action),
             "output": self.output,
             "inputs": [_digest(x) for x in self.inputs],
             "input_kwargs": {k: _digest(v) for k, v in sorted(self.input_kwargs.items())},
         }
 
-    def digest(self, model: Any = None) -> str:
+    def describe_with(self, model: Any) -> dict[str, Any]:
+        """``describe()`` plus a fingerprint of the model, as stored in a result folder."""
         desc = self.describe()
         if model is not None:
             desc["model"] = _model_digest(model)
-        blob = json.dumps(desc, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return desc
+
+    def digest(self, model: Any = None) -> str:
+        return describe_digest(self.describe_with(model))
+
+
+CODE_KEYS = ("metric_code", "action_code")
+
+
+def describe_digest(desc: dict[str, Any]) -> str:
+    blob = json.dumps(desc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _describe_action(action: Any) -> str | None:
