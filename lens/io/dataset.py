@@ -22,26 +22,37 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ..errors import LensError, LoadError, PayloadError
 from ..selectors import Selector
 from ..trace import Op, trace
+from ._dataset_files import (
+    FORMAT,
+    MAX_JSON_BYTES,
+    VERSION,
+    check_manifest,
+    parse_json,
+    read_file,
+    read_safetensors,
+)
+from ._fingerprint import batch_fingerprint, model_fingerprint
+from ._lock import FolderLock
 
 MANIFEST = "manifest.json"
-FORMAT = "lens-activations"
-VERSION = 1
 
 
 def extract_dataset(model: Any, data: Any, sites: Any = None, *,
                     output_dir: str | os.PathLike[str], layers: Any = None,
-                    batch_size: int = 32, batches_per_shard: int = 1, resume: bool = True,
+                    batch_size: int = 32, batches_per_shard: int = 1,
+                    resume: bool | Literal["force"] = True,
                     on_batch: Callable[[int, dict[str, torch.Tensor]], Any] | None = None,
                     inputs: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
                     dtype: torch.dtype | None = None, progress: bool = True) -> dict[str, Any]:
@@ -51,22 +62,37 @@ def extract_dataset(model: Any, data: Any, sites: Any = None, *,
     name -> label, address or selector. Each site must name one op per batch.
     ``layers=`` is accepted as another name for ``sites`` (the reference system's).
     ``on_batch(batch_index, {name: tensor})`` is called after each batch is traced.
+    ``resume``: True continues an interrupted run of the same spec, model and data;
+    False starts over; 'force' continues even though the model or data fingerprint differs.
     """
     if (sites is None) == (layers is None):
         raise LensError("extract_dataset needs the sites to save: pass sites=[...] (or "
                         "layers=[...]), e.g. sites=['relu_1_2', 'features.6'].")
+    if resume not in (True, False, "force"):
+        raise LensError(f"resume={resume!r}: use True, False or 'force'.")
     named = _named_sites(sites if sites is not None else layers)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "extraction"):
+        return _extract(model, data, named, out, batch_size, batches_per_shard, resume,
+                        on_batch, inputs, dtype, progress)
+
+
+def _extract(model: Any, data: Any, named: dict[str, Any], out: Path, batch_size: int,
+             batches_per_shard: int, resume: bool | str, on_batch: Any, inputs: Any,
+             dtype: torch.dtype | None, progress: bool) -> dict[str, Any]:
     spec = {"sites": {k: repr(v) for k, v in named.items()}, "batch_size": int(batch_size),
             "batches_per_shard": int(batches_per_shard),
             "model": type(model).__name__, "dtype": None if dtype is None else str(dtype)}
     spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    manifest = _start(out, spec, spec_hash, resume)
+    batches, total = _batches(data, batch_size)
+    batches, first = _peek(batches)
+    prints = {"model": model_fingerprint(model),
+              "data": f"{total} batches, first {batch_fingerprint(first)}"}
+    manifest = _start(out, spec, spec_hash, resume, prints)
     if manifest["completed"]:
         return manifest
     done = {s["index"]: s for s in manifest["shards"]}
-    batches, total = _batches(data, batch_size)
     n_shards = None if total is None else -(-total // batches_per_shard)
     bar = _progress(total, progress)
     buffer: list[dict[str, torch.Tensor]] = []
@@ -101,7 +127,11 @@ def extract_dataset(model: Any, data: Any, sites: Any = None, *,
 def load_dataset_activations(output_dir: str | os.PathLike[str],
                              sites: Sequence[str] | None = None,
                              allow_partial: bool = False) -> dict[str, torch.Tensor]:
-    """``{site: tensor}`` with every shard concatenated along the sample dimension."""
+    """``{site: tensor}`` with every shard concatenated along the sample dimension.
+
+    The folder is untrusted: the manifest and every shard header are checked (see
+    ``_dataset_files``), and shards must tile the rows exactly, or a ``LoadError`` names
+    the shard and the field."""
     out = Path(output_dir)
     manifest = _read_manifest(out)
     if not manifest["completed"] and not allow_partial:
@@ -112,21 +142,14 @@ def load_dataset_activations(output_dir: str | os.PathLike[str],
     missing = [n for n in names if n not in manifest["sites"]]
     if missing:
         raise LoadError(f"{out} has no site(s) {missing}; it holds {list(manifest['sites'])}.")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for s in sorted(manifest["shards"], key=lambda s: s["index"]):
-        file = out / s["file"]
-        try:
-            tensors = load_file(str(file))
-        except (SafetensorError, OSError) as e:
-            raise LoadError(f"Shard {file} cannot be read (truncated or missing?): {e}") from None
+    for s in manifest["shards"]:
+        rows = s["stop"] - s["start"]
+        expect = {n: (manifest["sites"][n]["dtype"], [rows, *manifest["sites"][n]["shape"]])
+                  for n in names}
+        tensors = read_safetensors(out / s["file"], expect)
         for n in names:
-            t = tensors.get(n)
-            if t is None or t.shape[0] != s["stop"] - s["start"]:
-                raise LoadError(f"Shard {file} lacks site {n!r} or has the wrong size.")
-            parts[n].append(t)
+            parts[n].append(tensors[n])
     return {n: torch.cat(p) if p else torch.empty(0) for n, p in parts.items()}
 
 
@@ -146,7 +169,8 @@ def _named_sites(sites: Any) -> dict[str, Any]:
     return named
 
 
-def _start(out: Path, spec: dict[str, Any], spec_hash: str, resume: bool) -> dict[str, Any]:
+def _start(out: Path, spec: dict[str, Any], spec_hash: str, resume: bool | str,
+           prints: dict[str, str]) -> dict[str, Any]:
     path = out / MANIFEST
     if path.exists():
         old = _read_manifest(out)
@@ -155,38 +179,45 @@ def _start(out: Path, spec: dict[str, Any], spec_hash: str, resume: bool) -> dic
                 f"{out} holds activations extracted with another spec ({old['spec']}); this "
                 f"run's spec is {spec}. Use another output_dir, or delete that one.")
         if resume:
+            differ = [k for k in ("model", "data") if old.get("fingerprints", {}).get(k)
+                      != prints[k]]
+            if differ and resume != "force":
+                raise LensError(
+                    f"{out} was extracted from another {' and '.join(differ)} (fingerprints "
+                    f"{old.get('fingerprints')}; this run's are {prints}). Use another "
+                    "output_dir, pass resume=False to start over there, or resume='force' "
+                    "if the change cannot alter the activations. (A shuffling DataLoader "
+                    "changes the first batch on every run: pass shuffle=False.)")
+            if differ:
+                old["fingerprints"] = prints
+                _write_json(path, old)
             return old
         for s in old["shards"]:
             (out / s["file"]).unlink(missing_ok=True)
     manifest = {"format": FORMAT, "version": VERSION, "spec": spec, "spec_hash": spec_hash,
-                "sites": {}, "shards": [], "completed": False}
+                "fingerprints": prints, "sites": {}, "shards": [], "completed": False}
     _write_json(path, manifest)
     return manifest
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:
+    where = str(out / MANIFEST)
+    if not (out / MANIFEST).exists() and not (out / MANIFEST).is_symlink():
+        raise LoadError(f"No activation manifest in {out} ({MANIFEST} is missing).")
+    data = read_file(out / MANIFEST, MAX_JSON_BYTES)
+    return check_manifest(parse_json(data, where), where)
+
+
+def _peek(batches: Iterable[Any]) -> tuple[Iterator[Any], Any]:
+    """The first batch (built, if lazy) and an iterator that still yields it."""
+    it = iter(batches)
     try:
-        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoadError(f"No activation manifest in {out} ({MANIFEST} is missing).") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoadError(f"{out / MANIFEST} is not valid JSON: {e}") from None
-    ok = (isinstance(m, dict) and m.get("format") == FORMAT
-          and isinstance(m.get("shards"), list) and isinstance(m.get("sites"), dict)
-          and isinstance(m.get("completed"), bool) and isinstance(m.get("spec_hash"), str))
-    if not ok:
-        raise LoadError(f"{out / MANIFEST} is not a lens activation manifest.")
-    if m.get("version") != VERSION:
-        raise LoadError(f"{out / MANIFEST} has version {m.get('version')!r}; this lens "
-                        f"reads version {VERSION}.")
-    for s in m["shards"]:
-        good = (isinstance(s, dict) and isinstance(s.get("file"), str)
-                and "/" not in s["file"] and "\\" not in s["file"]
-                and all(isinstance(s.get(k), int) for k in ("index", "start", "stop")))
-        if not good:
-            raise LoadError(f"{out / MANIFEST}: malformed shard entry {s!r:.100}.")
-    manifest: dict[str, Any] = m
-    return manifest
+        first = next(it)
+    except StopIteration:
+        return iter(()), None
+    if isinstance(first, _Lazy):
+        first = first.make()
+    return itertools.chain([first], it), first
 
 
 def _batches(data: Any, batch_size: int) -> tuple[Iterable[Any], int | None]:
@@ -299,7 +330,7 @@ def _adopt(out: Path, manifest: dict[str, Any], shard: int, done: dict[int, Any]
     try:
         tensors = load_file(str(out / name))
     except (SafetensorError, OSError):
-        return False
+        return False  # torn or unreadable: computed again
     _record_shard(out, manifest, shard, name, tensors)
     done[shard] = manifest["shards"][-1]
     return True

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..io._fingerprint import model_fingerprint
 from .identity import code_identity
 
 Kind = Literal["patching", "ablation", "attribution"]
@@ -95,14 +96,7 @@ def _digest(x: Any) -> Any:
 
 
 def _model_digest(model: Any) -> str:
-    """Class and a cheap fingerprint of the weights (shapes and sums)."""
+    """Parameter names, shapes, dtypes and sampled values (see ``model_fingerprint``)."""
     if not isinstance(model, torch.nn.Module):
         return _qualname(model)
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            h.update(name.encode())
-            h.update(str(tuple(p.shape)).encode())
-            if p.is_floating_point() and p.numel():
-                h.update(f"{float(p.double().sum()):.12e}".encode())
-    return h.hexdigest()[:16]
+    return model_fingerprint(model)

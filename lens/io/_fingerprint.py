@@ -1,0 +1,63 @@
+"""Cheap fingerprints that tell a resumed job it is fed another model or other data."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+SAMPLES = 64
+
+
+def model_fingerprint(model: Any) -> str:
+    """Parameter and buffer names, shapes and dtypes, plus up to 64 evenly spaced values
+    of each (a retrained or edited model differs; reading every weight is not needed)."""
+    if not isinstance(model, torch.nn.Module):
+        cls = type(model)
+        return f"{cls.__module__}.{cls.__qualname__}"
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+            h.update(_sample(t))
+    return h.hexdigest()[:16]
+
+
+def _sample(t: torch.Tensor) -> bytes:
+    if t.numel() == 0 or t.is_meta or t.is_quantized:
+        return b""
+    flat = t.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), SAMPLES)).long()
+    picked = flat[index.to(flat.device)].cpu().contiguous()
+    return picked.view(torch.uint8).numpy().tobytes()
+
+
+def batch_fingerprint(batch: Any) -> str:
+    """Structure, shapes, dtypes and bytes of every tensor in a batch (others by repr)."""
+    h = hashlib.sha256()
+    _feed(batch, h, 0)
+    return h.hexdigest()[:16]
+
+
+def _feed(x: Any, h: Any, depth: int) -> None:
+    if depth > 16:
+        h.update(b"<deep>")
+    elif isinstance(x, torch.Tensor):
+        c = x.detach().cpu().contiguous()
+        h.update(f"T{tuple(c.shape)}{c.dtype}".encode())
+        if c.numel():
+            h.update(c.view(torch.uint8).numpy().tobytes())
+    elif isinstance(x, Mapping):
+        h.update(f"M{len(x)}".encode())
+        for k in sorted(x, key=str):
+            h.update(str(k).encode())
+            _feed(x[k], h, depth + 1)
+    elif isinstance(x, (list, tuple)):
+        h.update(f"L{len(x)}".encode())
+        for v in x:
+            _feed(v, h, depth + 1)
+    else:
+        text = repr(x)
+        h.update((type(x).__qualname__ if " at 0x" in text else text).encode())
