@@ -145,8 +145,9 @@ def load_dataset_activations(output_dir: str | os.PathLike[str],
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for s in manifest["shards"]:
         rows = s["stop"] - s["start"]
-        expect = {n: (manifest["sites"][n]["dtype"], [rows, *manifest["sites"][n]["shape"]])
-                  for n in names}
+        site = manifest["sites"]
+        expect: dict[str, tuple[str, Sequence[int]]] = {
+            n: (site[n]["dtype"], [rows, *site[n]["shape"]]) for n in names}
         tensors = read_safetensors(out / s["file"], expect)
         for n in names:
             parts[n].append(tensors[n])
