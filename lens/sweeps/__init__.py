@@ -3,6 +3,7 @@
 Use as ``tl.sweep.patching(...)``. Executors: local (default) or ``tl.RayExecutor(...)``.
 """
 
+from ..io._lock import FolderBusyError
 from .api import ablation, patching, run_sweep
 from .attribution import attribution_patching
 from .executors import Executor, Job, LocalExecutor
@@ -13,7 +14,7 @@ from .spec import SweepSpec
 from .store import ResultStore, SpecMismatchError
 
 __all__ = [
-    "Cell", "Executor", "Job", "LocalExecutor", "RayExecutor", "ResultStore",
+    "Cell", "Executor", "FolderBusyError", "Job", "LocalExecutor", "RayExecutor", "ResultStore",
     "SpecMismatchError", "SweepResult", "SweepRunner", "SweepSpec", "ablation",
     "attribution_patching", "patching", "run_sweep",
 ]

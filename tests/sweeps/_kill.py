@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ def sweep_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return clean, torch.tensor([[1, 7, 3, 4]])
 
 
-def run_sweep_job(out: str, executor: Any = None) -> Any:
+def run_sweep_job(out: str | None, executor: Any = None) -> Any:
     from lens import sweeps
 
     clean, corrupted = sweep_inputs()
@@ -133,7 +134,7 @@ def main(path: str) -> None:
     import lens  # noqa: F401
 
     outcome = {}
-    for job in json.loads(open(path).read()):
+    for job in json.loads(Path(path).read_text()):
         pid = os.fork()
         if pid == 0:
             try:
