@@ -135,7 +135,8 @@ def load_dataset_activations(output_dir: str | os.PathLike[str],
     out = Path(output_dir)
     manifest = _read_manifest(out)
     if not manifest["completed"] and not allow_partial:
-        raise LoadError(f"The extraction in {out} did not finish ({len(manifest['shards'])} "
+        raise LoadError(f"The extraction in {out} did not finish (completed is false; "
+                        f"{len(manifest['shards'])} "
                         "shards written). Resume it with extract_dataset(..., resume=True), "
                         "or pass allow_partial=True to read the shards that exist.")
     names = list(manifest["sites"]) if sites is None else list(sites)
