@@ -133,10 +133,11 @@ def _show(x: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_safetensors(path: Path, expect: dict[str, tuple[str, Sequence[int]]]
-                     ) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, expect: dict[str, tuple[str, Sequence[int]]],
+                     every: Sequence[str]) -> dict[str, torch.Tensor]:
     """The tensors ``expect`` names (name -> (torch dtype string, shape)) from a shard whose
-    header is checked against the file before anything is built."""
+    header is checked against the file before anything is built; the shard must hold
+    exactly the tensors ``every`` names."""
     data = read_file(path, 2**62)
     where = str(path)
     if len(data) < 8:
@@ -153,6 +154,10 @@ def read_safetensors(path: Path, expect: dict[str, tuple[str, Sequence[int]]]
         if name == "__metadata__":
             continue
         spans.append(_check_entry(name, entry, body, where))
+    held = sorted(k for k in header if k != "__metadata__")
+    if held != sorted(every):
+        raise LoadError(f"{where}: holds sites {_show(held)} but the manifest lists "
+                        f"{_show(sorted(every))}.")
     spans.sort()
     for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:], strict=False):
         if b1 < e0:
@@ -178,7 +183,7 @@ def _check_entry(name: str, entry: Any, body: int, where: str) -> tuple[int, int
     field = f"header[{name!r:.40}]"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise LoadError(f"{where}: {field} must hold exactly dtype, shape, data_offsets.")
-    if entry["dtype"] not in _ST_DTYPES:
+    if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ST_DTYPES:
         raise LoadError(f"{where}: {field}.dtype {_show(entry['dtype'])} is not supported.")
     shape = shape_field(entry["shape"], f"{field}.shape", where)
     offsets = entry["data_offsets"]
@@ -218,13 +223,20 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
                             f"{_show(m.get(key))}.")
     for name, site in m["sites"].items():
         field = f"sites[{name!r:.40}]"
-        if not isinstance(site, dict) or site.get("dtype") not in TORCH_DTYPES:
+        if not (isinstance(site, dict) and isinstance(site.get("dtype"), str)
+                and site["dtype"] in TORCH_DTYPES):
             raise LoadError(f"{where}: {field}.dtype must be one of {sorted(TORCH_DTYPES)}, "
                             f"got {_show(site)}.")
         shape_field(site.get("shape"), f"{field}.shape", where)
+    if m["shards"] and not m["sites"]:
+        raise LoadError(f"{where}: sites is empty but {len(m['shards'])} shards are listed.")
     if len(m["shards"]) > MAX_SHARDS:
         raise LoadError(f"{where}: shards lists {len(m['shards'])} entries, over {MAX_SHARDS}.")
     _check_shards(m["shards"], where)
+    end = m["shards"][-1]["stop"] if m["shards"] else 0
+    if ("rows" in m or m["completed"]) and int_field(m.get("rows"), "rows", where) != end:
+        raise LoadError(f"{where}: rows is {m['rows']} but the listed shards end at row "
+                        f"{end} (a shard entry missing or added?).")
     return m
 
 

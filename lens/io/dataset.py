@@ -149,7 +149,7 @@ def load_dataset_activations(output_dir: str | os.PathLike[str],
         site = manifest["sites"]
         expect: dict[str, tuple[str, Sequence[int]]] = {
             n: (site[n]["dtype"], [rows, *site[n]["shape"]]) for n in names}
-        tensors = read_safetensors(out / s["file"], expect)
+        tensors = read_safetensors(out / s["file"], expect, list(site))
         for n in names:
             parts[n].append(tensors[n])
     return {n: torch.cat(p) if p else torch.empty(0) for n, p in parts.items()}
@@ -197,7 +197,8 @@ def _start(out: Path, spec: dict[str, Any], spec_hash: str, resume: bool | str,
         for s in old["shards"]:
             (out / s["file"]).unlink(missing_ok=True)
     manifest = {"format": FORMAT, "version": VERSION, "spec": spec, "spec_hash": spec_hash,
-                "fingerprints": prints, "sites": {}, "shards": [], "completed": False}
+                "fingerprints": prints, "sites": {}, "shards": [], "rows": 0,
+                "completed": False}
     _write_json(path, manifest)
     return manifest
 
@@ -317,6 +318,7 @@ def _record_shard(out: Path, manifest: dict[str, Any], shard: int, name: str,
                              for k, v in tensors.items()}
     manifest["shards"].append({"index": shard, "file": name, "start": start,
                                "stop": start + n})
+    manifest["rows"] = start + n
     _write_json(out / MANIFEST, manifest)
 
 

@@ -65,8 +65,10 @@ CASES = {
     "out of order": (_swap_first_two, r"shards\[0\]\.index of shard shard_000001"),
     "missing entry": (lambda m: m["shards"].pop(1), r"shards\[1\]\.index of shard"),
     "empty range": (lambda m: m["shards"][3].update(stop=6), r"shards\[3\]\.stop"),
-    "declared too many rows": (lambda m: m["shards"][3].update(stop=9),
+    "declared too many rows": (lambda m: (m["shards"][3].update(stop=9), m.update(rows=9)),
                                r"shard_000003\.safetensors: site 'fc1' is F32 \[2, 4, 8\]"),
+    "last entry dropped": (lambda m: m["shards"].pop(),
+                           r"rows is 8 but the listed shards end at row 6"),
     "site shape": (lambda m: m["sites"]["fc2"].update(shape=[4, 5]),
                    r"shard_000000\.safetensors: site 'fc2' is F32 \[2, 4, 4\], but the "
                    r"manifest says torch.float32 \[2, 4, 5\]"),
@@ -101,7 +103,8 @@ def test_a_shard_of_another_dtype_or_shape_or_a_missing_shard_is_named(good, tmp
                                            r"\[2, 4, 7\]"):
         load_dataset_activations(d)
     _resave(d / SHARD.format(2), fc2=torch.zeros(2, 4, 4))
-    with pytest.raises(tl.LoadError, match=r"shard_000002.safetensors: site 'fc1' is missing"):
+    with pytest.raises(tl.LoadError, match=r"shard_000002.safetensors: holds sites \['fc2'\] "
+                                           r"but the manifest lists \['fc1', 'fc2'\]"):
         load_dataset_activations(d)
     (d / SHARD.format(2)).unlink()
     with pytest.raises(tl.LoadError, match=r"shard_000002.safetensors is missing"):
