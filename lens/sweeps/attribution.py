@@ -15,7 +15,7 @@ import torch
 from ..errors import LensError
 from ..trace import trace as _trace
 from .result import SweepResult
-from .runner import SweepRunner, as_args
+from .runner import SweepRunner, as_args, check_same_shapes
 from .spec import SweepSpec
 
 
@@ -36,6 +36,7 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
                          positions: Any = "each", position_dim: int = 1,
                          output: str | None = None,
                          input_kwargs: dict[str, Any] | None = None) -> SweepResult:
+    check_same_shapes(clean, corrupted)
     spec = SweepSpec("attribution", sites, metric, (clean, corrupted), positions,
                      position_dim, None, output, dict(input_kwargs or {}))
     kw = dict(spec.input_kwargs)

@@ -187,6 +187,11 @@ def test_a_folder_held_by_another_live_process_is_refused_and_freed_when_it_dies
     assert len(run_sweep_job(str(tmp_path))) == 8
 
 
+class _Exploding(torch.nn.Module):
+    def forward(self, x):
+        raise AssertionError("the model ran: the inputs were not checked first")
+
+
 def test_patching_inputs_of_different_shapes_are_refused_before_any_work(tmp_path):
     calls = []
 
@@ -199,6 +204,9 @@ def test_patching_inputs_of_different_shapes_are_refused_before_any_work(tmp_pat
         with pytest.raises(tl.InterventionError, match="clean and corrupted inputs differ"):
             sweeps.patching(None, clean, corrupted, SITES, metric=toy_metric,
                             model_fn=builder, out=str(tmp_path / "x"), progress=False)
+        with pytest.raises(tl.InterventionError, match="clean and corrupted inputs differ"):
+            sweeps.attribution_patching(_Exploding(), clean, corrupted, SITES,
+                                        metric=toy_metric)
     assert not calls and not (tmp_path / "x").exists()
 
 
