@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
@@ -105,6 +106,10 @@ def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float
     return result
 
 
+_GC_LOCK = threading.Lock()
+_GC_PAUSED = [0, False]  # traces now running; whether the collector was on before them
+
+
 @contextmanager
 def _no_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while records are created (restored after).
@@ -112,14 +117,22 @@ def _no_gc() -> Iterator[None]:
     Capture allocates a few small objects per op; the collector would otherwise traverse
     the growing record graph again and again, which roughly doubles the cost of
     bookkeeping on models with many small ops. Reference counting still frees memory.
+    The collector is process-wide: with traces running in several threads, the first to
+    start pauses it and the last to finish restores it (under a lock, so no interleaving
+    can leave it off).
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    with _GC_LOCK:
+        if _GC_PAUSED[0] == 0:
+            _GC_PAUSED[1] = gc.isenabled()
+            gc.disable()
+        _GC_PAUSED[0] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GC_LOCK:
+            _GC_PAUSED[0] -= 1
+            if _GC_PAUSED[0] == 0 and _GC_PAUSED[1]:
+                gc.enable()
 
 
 def _grouper(detect_loops: bool) -> Callable[[list[Op]], list[int]]:
