@@ -371,9 +371,12 @@ class Recorder(TorchFunctionMode):
                          tuple(parents), tensor, address=address)
 
     # ------------------------------------------------------------------ module hooks
-    def _pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _pre_hook(self, module: nn.Module, args: Any, kwargs: Any = None) -> None:
+        # Hooks sit on shared modules: another thread's forward is not ours. (Such a call
+        # may even come without kwargs: torch reads a hook's with_kwargs flag separately
+        # from the hook, so a forward racing our registration sees one without the other.)
         if threading.get_ident() != self.thread:
-            return  # hooks sit on shared modules: another thread's forward is not ours
+            return
         address = self.module_names.get(id(module), "?")
         n = self.call_counts.get(address, 0) + 1
         self.call_counts[address] = n
@@ -389,9 +392,10 @@ class Recorder(TorchFunctionMode):
         self.module_calls.append(call)
         self.ctx = (*self.ctx, call)
 
-    def _post_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+    def _post_hook(self, module: nn.Module, args: Any, *rest: Any) -> Any:
         if threading.get_ident() != self.thread:
-            return None
+            return None  # another thread's call (see _pre_hook); rest may lack kwargs
+        kwargs, output = rest
         call = None
         for i in range(len(self.ctx) - 1, -1, -1):  # robust to calls that raised inside
             if self.module_names.get(id(module)) == self.ctx[i].address:

@@ -26,15 +26,22 @@ from typing import Any
 
 from torch import Tensor
 
+from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
 from ..errors import InterventionError
-from ..selectors import Selector, coerce
+from ..selectors import Label, LabelContains, Selector, coerce
 from ._base import Action, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, records, reference_pass, resolve
 from ._sites import LiveSite, describe
 
 LIVE, EXIT, TARGETS = "live", "module_exit", "targets"
+
+
+def check_labels(ref: Any, sel: Selector) -> None:
+    """Raise SelectorError (with close matches) if ``sel`` names a label ``ref`` lacks."""
+    if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
+        sel.validate(labels=ref._lookup.keys())
 
 
 class InterventionWarning(UserWarning):
@@ -54,8 +61,9 @@ class When:
         return coerce(self.site, module_addresses=module_addresses)
 
     def validate(self, *, module_addresses: Any = None, labels: Any = None) -> None:
-        self.selector(module_addresses).validate(module_addresses=module_addresses,
-                                                 labels=labels)
+        sel = self.selector(module_addresses)
+        sel.validate(module_addresses=module_addresses, labels=labels)
+        check_names(sel, module_addresses)
 
     def bind(self, context: dict[str, Any]) -> LiveRule:
         """The interceptor for one run. ``context`` holds model, args, kwargs and
@@ -76,6 +84,8 @@ class When:
                                      dict(context.get("kwargs") or {}))
                 context["_lens_reference"] = ref
         found = resolve(ref, sel)
+        if not found and not getattr(ref, "halted", False):
+            check_labels(ref, sel)  # a label no op carries: say which ones are close
         act = adapt(ref, sel, found, self.action)  # facet selectors edit a slice
         spec = self if act is self.action else When(self.site, act, self.strict, self.reference)
         bad = [op for op in found if op.kind not in (OP, IDENTITY)]

@@ -12,10 +12,11 @@ from typing import Any
 from torch import nn
 
 from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import SelectorPolicy, halt_predicate
 from ..errors import CaptureError
-from ..selectors import Selector, coerce
+from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
 from .op import Op
@@ -50,6 +51,7 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         result = build(rec, model, output, save_sel if save_sel is not None else save,
                        elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
     result.options.update(intervention_ready=intervention_ready, save_grads=save_grads)
+    check_labels(result, save_sel)
     if rng is not None:
         result.options["rng_state"] = rng
     for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
@@ -78,6 +80,16 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
                    payload=PayloadOptions(detach, device, dtype), code_context=code_context,
                    index=index)
     return rec, save_sel
+
+
+def check_labels(result: Trace, sel: Selector | None) -> None:
+    """After the run: a ``save=`` selector naming a label no op carries is an error (with
+    the closest labels), not a trace that silently saved nothing. A halted trace is not
+    checked: the ops after the halt never ran."""
+    if sel is None or result.halted:
+        return
+    if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
+        sel.validate(labels=result._lookup.keys())
 
 
 def _rng_snapshot() -> dict[str, Any]:
@@ -151,6 +163,7 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
         return None, SaveNone() if not intervention_ready else SaveAll()
     sel = coerce(save, module_addresses=addresses)
     sel.validate(module_addresses=addresses)
+    check_names(sel, addresses)
     if intervention_ready:
         return sel, SaveAll()
     return sel, SelectorPolicy(sel, lookback or 0)

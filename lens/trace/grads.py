@@ -29,6 +29,7 @@ from typing import Any
 from torch import Tensor
 
 from ..capture.engine import _tensor_leaves
+from ..capture.known import check_names
 from ..capture.policy import SelectorPolicy
 from ..capture.records import INPUT, OUTPUT
 from ..errors import PayloadError
@@ -67,6 +68,7 @@ class GradCapture:
         sel = coerce(spec, module_addresses=module_addresses)
         if module_addresses is not None:
             sel.validate(module_addresses=frozenset(module_addresses))
+        check_names(sel, module_addresses)
         self.selector: Selector = sel
         self._all = sel is ALL
         self._live = sel.timing == "live"
