@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
-from ..errors import InterventionError
+from ..errors import InterventionError, expect
 from ..selectors import Label, LabelContains, Selector, coerce
 from ._base import Action, checked
 from ._base import action as as_action
@@ -130,6 +130,10 @@ def when(selector: Any, action: Any, *, strict: bool = True, reference: Any = No
         raise InterventionError(
             "tl.when takes (selector, action), e.g. tl.when(tl.func('relu'), "
             f"tl.zero_ablate()); got ({selector!r}, {action!r}).")
+    # The site's shape is checked now (a wrong type raises SelectorError); its names are
+    # checked against the model when the rule is bound to a run.
+    coerce(selector, module_addresses=())
+    expect(strict, bool, "tl.when(..., strict=)", "True or False")
     return When(selector, as_action(action), strict, reference)
 
 

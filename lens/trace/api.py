@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import SelectorPolicy, halt_predicate
@@ -36,6 +37,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     ``halt`` stops the forward right after the first op a selector matches.
     ``intervene`` takes ``tl.when(...)`` rules (or a list) applied to ops as they run.
     """
+    check_input_kwargs("tl.trace", input_kwargs)
+    check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
     kwargs = dict(input_kwargs or {})
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
@@ -67,6 +70,8 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
              save_grads: Any) -> tuple[Recorder, Selector | None]:
     """Check the model and set up a Recorder for one call (shared by trace and record)."""
     check_model(model)
+    check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
+                  code_context=code_context, intervention_ready=intervention_ready)
     index = ModelIndex(model)
     addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)

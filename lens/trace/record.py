@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..capture import PayloadOptions, Recorder, check_model, run_forward
+from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import STAGE_RANK, SelectorPolicy
@@ -142,6 +143,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
     ``.to_trace()`` builds the trace. Cheapest with a sparse ``save=`` selector.
     """
+    check_input_kwargs("tl.record", input_kwargs)
+    check_options("tl.record", keep_orphans=keep_orphans, detect_loops=detect_loops)
     kwargs = dict(input_kwargs or {})
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
