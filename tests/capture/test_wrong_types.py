@@ -22,7 +22,7 @@ def _trace() -> tl.Trace:
 
 
 m, x = _MODEL, _X
-T, S, C, I, M, A = (tl.ArgumentTypeError, tl.SelectorError, tl.CaptureError,
+T, S, C, IE, M, A = (tl.ArgumentTypeError, tl.SelectorError, tl.CaptureError,
                     tl.InterventionError, tl.ModelTypeError, tl.LookupKeyError)
 
 # (name, call, expected class, substring of the message)
@@ -58,7 +58,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("bundle({'a': 5})", lambda: tl.bundle({"a": 5}), T, "not a Trace"),
     ("bundle baseline=1", lambda: tl.bundle({"a": _trace()}, baseline=1), T, "name"),
     ("when(5.0, action)", lambda: tl.when(5.0, tl.zero_ablate()), S, "Cannot select"),
-    ("when(site, 5)", lambda: tl.when(tl.func("gelu"), 5), I, "(selector, action)"),
+    ("when(site, 5)", lambda: tl.when(tl.func("gelu"), 5), IE, "(selector, action)"),
     ("when strict='no'", lambda: tl.when("0", tl.zero_ablate(), strict="no"), T, "True"),
     ("func(5)", lambda: tl.func(5), S, "strings"),
     ("module(5)", lambda: tl.module(5), S, "string"),
@@ -68,15 +68,15 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("followed_by(5)", lambda: tl.followed_by(5), S, "selector"),
     ("preceded_by(5)", lambda: tl.preceded_by(5), S, "selector"),
     ("facet(5)", lambda: tl.facet(5), S, "facet name"),
-    ("action(5)", lambda: tl.action(5), I, "callable"),
+    ("action(5)", lambda: tl.action(5), IE, "callable"),
     ("scale('a')", lambda: tl.scale("a"), T, "a number"),
     ("steer('up')", lambda: tl.steer("up"), T, "a direction"),
     ("steer(v, alpha='a')", lambda: tl.steer([1.0], alpha="a"), T, "a number"),
     ("clamp('a')", lambda: tl.clamp("a"), T, "a number"),
     ("noise('a')", lambda: tl.noise("a"), T, "standard deviation"),
     ("noise(1, seed=0.5)", lambda: tl.noise(1.0, seed=0.5), T, "an int"),
-    ("project_onto(5)", lambda: tl.project_onto(5), I, "float vector"),
-    ("project_off('a')", lambda: tl.project_off([[True]]), I, "float vector"),
+    ("project_onto(5)", lambda: tl.project_onto(5), IE, "float vector"),
+    ("project_off('a')", lambda: tl.project_off([[True]]), IE, "float vector"),
     ("replace_with('a')", lambda: tl.replace_with("a"), T, "a number, a tensor"),
     ("mean_ablate('a')", lambda: tl.mean_ablate("a"), T, "dimension"),
     ("mean_ablate(source=5)", lambda: tl.mean_ablate(source=5), T, "source"),
@@ -85,7 +85,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("swap_with(5)", lambda: tl.swap_with(5), T, "or a tensor"),
     ("splice_module(5)", lambda: tl.splice_module(5), T, "module or function"),
     ("trace[5.0]", lambda: _trace()[5.0], A, "label (str)"),
-    ("fork().intervene(5, 5)", lambda: _trace().fork().intervene(5, 5), I, "callable"),
+    ("fork().intervene(5, 5)", lambda: _trace().fork().intervene(5, 5), IE, "callable"),
 ]
 
 
