@@ -13,6 +13,7 @@ from . import sweeps as sweep
 from .bundles import Bundle, bundle
 from .draw import show_graph
 from .errors import (
+    ArgumentTypeError,
     CaptureError,
     DrawError,
     InterventionError,
@@ -76,6 +77,7 @@ __all__ = [
     "facet",
     "find_facets",
     "Action",
+    "ArgumentTypeError",
     "Bundle",
     "CaptureError",
     "DrawError",

@@ -28,6 +28,21 @@ class CaptureError(LensError, RuntimeError):
     """Tracing could not run: unsupported model or inputs that do not fit ``forward``."""
 
 
+class ArgumentTypeError(LensError, TypeError):
+    """A public function was given an argument of the wrong type; the message says what
+    it expected."""
+
+
+def expect(value: object, types: type | tuple[type, ...], what: str, expected: str) -> None:
+    """Raise :class:`ArgumentTypeError` unless ``value`` is one of ``types`` (bools are
+    not numbers here: ``True`` is refused where an int or float is expected)."""
+    kinds = types if isinstance(types, tuple) else (types,)
+    refused_bool = isinstance(value, bool) and bool not in kinds
+    if refused_bool or not isinstance(value, kinds):
+        raise ArgumentTypeError(f"{what} takes {expected}; got {value!r} "
+                                f"({type(value).__name__}).")
+
+
 class ModelTypeError(LensError, TypeError):
     """The object given as a model is not something lens can trace."""
 

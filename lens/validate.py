@@ -15,7 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .capture import check_model
+from .capture.args import check_input_kwargs, check_options
 from .capture.records import OP
+from .errors import expect
 from .replay.interpreter import Interpreter, is_stochastic, tensors_equal
 from .trace import Op, Trace
 from .trace import trace as _trace
@@ -71,6 +74,10 @@ class ValidationReport:
 def validate(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
              perturb: bool = True, seed: int = 0) -> ValidationReport:
     """Trace ``model`` and check every saved payload by re-executing the graph."""
+    check_model(model)
+    check_input_kwargs("tl.validate", input_kwargs)
+    check_options("tl.validate", perturb=perturb)
+    expect(seed, int, "tl.validate(..., seed=)", "an int")
     kwargs = dict(input_kwargs or {})
     rng = torch.get_rng_state()
     with torch.no_grad():

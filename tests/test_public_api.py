@@ -23,7 +23,8 @@ PUBLIC = {
     # bundles and sweeps
     "bundle", "Bundle", "sweep", "SweepResult", "RayExecutor",
     # errors
-    "LensError", "LookupKeyError", "SelectorError", "CaptureError", "ModelTypeError",
+    "LensError", "ArgumentTypeError", "LookupKeyError", "SelectorError", "CaptureError",
+    "ModelTypeError",
     "PayloadError", "ReplayError", "InterventionError", "LoadError",
     "MissingDependencyError", "DrawError", "SaveError",
     "__version__",

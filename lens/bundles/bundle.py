@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LensError, LookupKeyError
+from ..errors import ArgumentTypeError, LensError, LookupKeyError, expect
 from ..selectors import Selector, coerce, everything
 from ..trace import Op, Trace
 from .metrics import CHANGE, resolve
@@ -23,12 +23,16 @@ class Bundle:
     """Traces of the same model (same graph), keyed by name, with one baseline."""
 
     def __init__(self, traces: Mapping[str, Trace], baseline: str | None = None) -> None:
+        expect(traces, Mapping, "tl.bundle",
+               "a dict of traces by name, e.g. tl.bundle({'clean': t1, 'patched': t2})")
+        if baseline is not None:
+            expect(baseline, str, "tl.bundle(..., baseline=)", "the name of a member")
         if not traces:
             raise LensError("tl.bundle needs at least one trace, e.g. "
                             "tl.bundle({'clean': t1, 'patched': t2}, baseline='clean').")
         for name, tr in traces.items():
             if not isinstance(tr, Trace):
-                raise LensError(f"Bundle member {name!r} is a {type(tr).__name__}, not a "
+                raise ArgumentTypeError(f"Bundle member {name!r} is a {type(tr).__name__}, not a "
                                 "Trace; pass the results of tl.trace(...).")
         self.traces = dict(traces)
         self.baseline = baseline if baseline is not None else next(iter(self.traces))

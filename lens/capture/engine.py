@@ -8,6 +8,7 @@ changed outside the ``with`` block; hooks are removed in ``finally``.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -158,6 +159,7 @@ class Recorder(TorchFunctionMode):
         self.ctx: tuple[ModuleCallRecord, ...] = ()
         self.next_call_id = 0
         self.halted = False
+        self.thread = threading.get_ident()  # the thread running the forward (see attached)
 
     # ------------------------------------------------------------------ recording
     def _new(self, kind: str, func: Any, name: str, type_: str, args: tuple[Any, ...],
@@ -369,7 +371,12 @@ class Recorder(TorchFunctionMode):
                          tuple(parents), tensor, address=address)
 
     # ------------------------------------------------------------------ module hooks
-    def _pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _pre_hook(self, module: nn.Module, args: Any, kwargs: Any = None) -> None:
+        # Hooks sit on shared modules: another thread's forward is not ours. (Such a call
+        # may even come without kwargs: torch reads a hook's with_kwargs flag separately
+        # from the hook, so a forward racing our registration sees one without the other.)
+        if threading.get_ident() != self.thread:
+            return
         address = self.module_names.get(id(module), "?")
         n = self.call_counts.get(address, 0) + 1
         self.call_counts[address] = n
@@ -385,7 +392,10 @@ class Recorder(TorchFunctionMode):
         self.module_calls.append(call)
         self.ctx = (*self.ctx, call)
 
-    def _post_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+    def _post_hook(self, module: nn.Module, args: Any, *rest: Any) -> Any:
+        if threading.get_ident() != self.thread:
+            return None  # another thread's call (see _pre_hook); rest may lack kwargs
+        kwargs, output = rest
         call = None
         for i in range(len(self.ctx) - 1, -1, -1):  # robust to calls that raised inside
             if self.module_names.get(id(module)) == self.ctx[i].address:
@@ -467,6 +477,9 @@ class Recorder(TorchFunctionMode):
     def attached(self) -> Iterator[Recorder]:
         """Hooks on every module and the function mode, removed on exit (also on error)."""
         handles = []
+        # Module hooks are global to the module object; the function mode is per thread
+        # (torch keeps the mode stack thread-local). Only this thread's calls are ours.
+        self.thread = threading.get_ident()
         try:
             if self.model is not None:
                 for m in self.model.modules():

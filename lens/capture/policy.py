@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import SelectorError
 from ..selectors import Selector, coerce
+from .known import check_names
 
 # When each kind of selector can be decided; a selector is evaluated at the first stage
 # whose rank reaches its timing's rank.
@@ -50,6 +51,7 @@ def halt_predicate(spec: Any, addresses: set[str]) -> Callable[[Any], bool]:
     """A predicate for ``halt=``: selectors decidable while the model runs."""
     sel = coerce(spec, module_addresses=addresses)
     sel.validate(module_addresses=addresses)
+    check_names(sel, addresses)
     if STAGE_RANK[sel.timing] > 1:
         raise SelectorError(
             f"halt={sel!r} needs information that only exists after the forward pass "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import torch
@@ -24,8 +25,7 @@ def check_model(model: Any) -> None:
             f"{type(model).__name__} is a TorchScript module: its ops run inside the "
             "TorchScript interpreter, where lens cannot see them. Trace the eager "
             "nn.Module you scripted instead (before torch.jit.script/trace).")
-    dynamo = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
-    optimized = getattr(dynamo, "OptimizedModule", None)
+    optimized = _compiled_module_type()
     if optimized is not None and isinstance(model, optimized):
         raise ModelTypeError(
             "This model was wrapped by torch.compile; compiled graphs hide their ops from "
@@ -38,6 +38,16 @@ def check_model(model: Any) -> None:
         raise ModelTypeError(
             f"tl.trace needs an nn.Module (or a callable running torch code); got "
             f"{type(model).__name__}. Pass the model object itself, e.g. tl.trace(model, x).")
+
+
+def _compiled_module_type() -> type | None:
+    """torch.compile's wrapper class, if dynamo is loaded. Read from ``sys.modules`` only:
+    ``torch._dynamo`` is imported lazily, and importing it (about a second) replaces
+    torch attributes such as ``torch.manual_seed``. If it was never imported, nothing
+    can have been compiled."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    found = getattr(eval_frame, "OptimizedModule", None)
+    return found if isinstance(found, type) else None
 
 
 def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ArgumentTypeError, LookupKeyError, close_matches, expect
 from ..trace import ext
 from . import aliases as _aliases
 from . import attention as _attention
@@ -26,7 +27,14 @@ from . import residual as _residual
 from ._edits import FacetEdit, FacetSite
 from ._graph import FacetError
 from ._mapping import Facets, facets_for, facets_of
-from ._registry import Carrier, FacetGroup, Owner, register_provider, structure
+from ._registry import (
+    Carrier,
+    FacetGroup,
+    Owner,
+    known_names,
+    register_provider,
+    structure,
+)
 from .aliases import FacetView, with_aliases
 from .selector import Facet, facet
 
@@ -49,6 +57,19 @@ def find_facets(trace: Any, kind: str | None = None) -> dict[str, Facets]:
     """Every module call of ``trace`` with facets (of ``kind``: ``'attention'``,
     ``'recurrent'``, ``'residual'``), in execution order, keyed by call (``'h.0.attn:1'``;
     ``''`` is the model's own forward)."""
+    if not hasattr(trace, "layer_list") or not hasattr(trace, "module_calls"):
+        raise ArgumentTypeError(
+            f"tl.find_facets takes a trace (from tl.trace(model, x)); got "
+            f"{type(trace).__name__}.")
+    if kind is not None:
+        expect(kind, str, "tl.find_facets(trace, kind=)",
+               "a kind of facet such as 'attention', 'recurrent' or 'residual', or None")
+        kinds = known_names()
+        if kind not in kinds:
+            near = close_matches(kind, kinds)
+            hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+            raise LookupKeyError(f"tl.find_facets: no kind of facet is called {kind!r}.{hint} "
+                                 f"Kinds: {', '.join(map(repr, sorted(kinds)))}.")
     index = structure(trace)
     return {o.key: facets_of(trace, o) for o in index.owners(kind)}
 

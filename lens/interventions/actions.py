@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import InterventionError
+from ..errors import ArgumentTypeError, InterventionError, expect
 from ._base import Action, Path, call_user, cut, fmt_tensor, like
 from ._sites import Site, same_site
 
@@ -37,6 +37,18 @@ def _source(source: Any, x: Tensor, site: Site, path: Path, what: str) -> Tensor
             return cut(source, path)
         return source
     raise InterventionError(f"{what}: the source must be a Trace or a tensor, got "
+                            f"{type(source).__name__}.")
+
+
+_NUMBER = (int, float)
+
+
+def _source_arg(source: Any, what: str, tensor_ok: bool = True) -> Any:
+    """A trace of the same model (or, if ``tensor_ok``, a tensor), else an error."""
+    if _is_trace(source) or (tensor_ok and isinstance(source, Tensor)):
+        return source
+    expected = "a trace of the same model" + (" or a tensor" if tensor_ok else "")
+    raise ArgumentTypeError(f"{what} takes {expected} as its source; got "
                             f"{type(source).__name__}.")
 
 
@@ -101,7 +113,13 @@ def mean_ablate(over: int | tuple[int, ...] = 0, source: Any = None) -> MeanAbla
     the same site in ``source`` when that is a trace (e.g. a reference data set's trace).
     ``source`` may also be a tensor: then it is the mean itself, broadcast as given.
     """
-    dims = (over,) if isinstance(over, int) else tuple(over)
+    dims = (over,) if isinstance(over, int) else over
+    if not isinstance(dims, tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise ArgumentTypeError(f"tl.mean_ablate(over=) takes a dimension (int) or a tuple "
+                                f"of them; got {over!r}.")
+    if source is not None:
+        _source_arg(source, "tl.mean_ablate")
     return MeanAblate(dims, source)
 
 
@@ -129,6 +147,8 @@ class ResampleAblate(Action):
 def resample_ablate(source: Any, seed: int = 0) -> ResampleAblate:
     """Replace each batch row with a row drawn (with replacement, reproducibly from
     ``seed``) from ``source``: the same site of another trace, or a tensor pool."""
+    _source_arg(source, "tl.resample_ablate")
+    expect(seed, int, "tl.resample_ablate(..., seed=)", "an int")
     return ResampleAblate(source, seed)
 
 
@@ -159,9 +179,21 @@ class Steer(Action):
 
 def steer(direction: Any, alpha: float = 1.0, dim: int = -1) -> Steer:
     """Add ``alpha * direction`` along dimension ``dim`` (a vector), or broadcast as is."""
-    if not isinstance(direction, Tensor):
-        direction = torch.as_tensor(direction)
+    direction = _numeric_tensor(direction, "tl.steer", "a direction")
+    expect(alpha, (*_NUMBER, Tensor), "tl.steer(..., alpha=)", "a number")
+    expect(dim, int, "tl.steer(..., dim=)", "a dimension (int)")
     return Steer(direction, alpha, dim)
+
+
+def _numeric_tensor(value: Any, what: str, noun: str) -> Tensor:
+    try:
+        t = value if isinstance(value, Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dtype == torch.bool:
+        raise ArgumentTypeError(f"{what} takes {noun} as a tensor (or a number or list of "
+                                f"numbers); got {value!r} ({type(value).__name__}).")
+    return t
 
 
 @dataclass(frozen=True, repr=False)
@@ -177,6 +209,7 @@ class Scale(Action):
 
 def scale(factor: float) -> Scale:
     """Multiply the value by ``factor``."""
+    expect(factor, (*_NUMBER, Tensor), "tl.scale", "a number (or a tensor to broadcast)")
     return Scale(factor)
 
 
@@ -200,6 +233,9 @@ class Clamp(Action):
 
 def clamp(min: float | None = None, max: float | None = None) -> Clamp:  # noqa: A002
     """Clamp the value to ``[min, max]`` (either bound may be left out)."""
+    for name, bound in (("min", min), ("max", max)):
+        if bound is not None:
+            expect(bound, _NUMBER, f"tl.clamp({name}=)", "a number or None")
     return Clamp(min, max)
 
 
@@ -223,6 +259,8 @@ class Noise(Action):
 def noise(std: float, seed: int = 0) -> Noise:
     """Add Gaussian noise of standard deviation ``std`` (private generator, seeded by
     ``seed`` and the op's call index; the global RNG is untouched)."""
+    expect(std, _NUMBER, "tl.noise", "a standard deviation (a number)")
+    expect(seed, int, "tl.noise(..., seed=)", "an int")
     return Noise(std, seed)
 
 
@@ -311,7 +349,7 @@ class SwapWith(Action):
 
 def swap_with(source: Any) -> SwapWith:
     """Replace the value with ``source``: the same site of another trace, or a tensor."""
-    return SwapWith(source)
+    return SwapWith(_source_arg(source, "tl.swap_with"))
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -329,7 +367,7 @@ class PatchFrom(SwapWith):
 def patch_from(source: Any) -> PatchFrom:
     """Take the same site's value from ``source``, another trace of the same model (e.g.
     the clean run when patching into a corrupted one), matched by call order."""
-    return PatchFrom(source)
+    return PatchFrom(_source_arg(source, "tl.patch_from", tensor_ok=False))
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -354,6 +392,9 @@ class ReplaceWith(Action):
 def replace_with(value: Any) -> ReplaceWith:
     """Replace the value with a constant (a number, or a tensor broadcast to its shape),
     or with ``fn(value, op)`` / ``fn(value)`` for a callable."""
+    if not callable(value):
+        expect(value, (*_NUMBER, complex, Tensor), "tl.replace_with",
+               "a number, a tensor, or a function fn(value, op) -> tensor")
     return ReplaceWith(value)
 
 
@@ -376,4 +417,7 @@ class SpliceModule(Action):
 def splice_module(module: Callable[..., Tensor]) -> SpliceModule:
     """Replace the value with ``module(*inputs)``: the op's activation inputs (parameters
     left out), or at a module site (``tl.module(...)``) the module call's inputs."""
+    if not callable(module):
+        raise ArgumentTypeError(f"tl.splice_module takes a module or function to run on the "
+                                f"site's inputs; got {type(module).__name__}.")
     return SpliceModule(module)

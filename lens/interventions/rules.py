@@ -26,15 +26,22 @@ from typing import Any
 
 from torch import Tensor
 
+from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
-from ..errors import InterventionError
-from ..selectors import Selector, coerce
+from ..errors import InterventionError, expect
+from ..selectors import Label, LabelContains, Selector, coerce
 from ._base import Action, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, records, reference_pass, resolve
 from ._sites import LiveSite, describe
 
 LIVE, EXIT, TARGETS = "live", "module_exit", "targets"
+
+
+def check_labels(ref: Any, sel: Selector) -> None:
+    """Raise SelectorError (with close matches) if ``sel`` names a label ``ref`` lacks."""
+    if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
+        sel.validate(labels=ref._lookup.keys())
 
 
 class InterventionWarning(UserWarning):
@@ -54,8 +61,9 @@ class When:
         return coerce(self.site, module_addresses=module_addresses)
 
     def validate(self, *, module_addresses: Any = None, labels: Any = None) -> None:
-        self.selector(module_addresses).validate(module_addresses=module_addresses,
-                                                 labels=labels)
+        sel = self.selector(module_addresses)
+        sel.validate(module_addresses=module_addresses, labels=labels)
+        check_names(sel, module_addresses)
 
     def bind(self, context: dict[str, Any]) -> LiveRule:
         """The interceptor for one run. ``context`` holds model, args, kwargs and
@@ -76,6 +84,8 @@ class When:
                                      dict(context.get("kwargs") or {}))
                 context["_lens_reference"] = ref
         found = resolve(ref, sel)
+        if not found and not getattr(ref, "halted", False):
+            check_labels(ref, sel)  # a label no op carries: say which ones are close
         act = adapt(ref, sel, found, self.action)  # facet selectors edit a slice
         spec = self if act is self.action else When(self.site, act, self.strict, self.reference)
         bad = [op for op in found if op.kind not in (OP, IDENTITY)]
@@ -120,6 +130,10 @@ def when(selector: Any, action: Any, *, strict: bool = True, reference: Any = No
         raise InterventionError(
             "tl.when takes (selector, action), e.g. tl.when(tl.func('relu'), "
             f"tl.zero_ablate()); got ({selector!r}, {action!r}).")
+    # The site's shape is checked now (a wrong type raises SelectorError); its names are
+    # checked against the model when the rule is bound to a run.
+    coerce(selector, module_addresses=())
+    expect(strict, bool, "tl.when(..., strict=)", "True or False")
     return When(selector, as_action(action), strict, reference)
 
 

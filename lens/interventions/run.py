@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..capture import Recorder, SaveNone, check_model, run_forward
+from ..capture.args import check_input_kwargs
 from ..capture.model_index import ModelIndex
 from ..errors import CaptureError
 from ..trace import Op
@@ -19,6 +20,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     so this costs little more than the forward pass itself (plus a metadata-only
     pre-pass when a rule names sites by final label without a ``reference``)."""
     check_model(model)
+    check_input_kwargs("tl.run", input_kwargs)
     kwargs = dict(input_kwargs or {})
     if intervene is None:
         return model(*args, **kwargs)

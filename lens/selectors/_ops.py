@@ -104,6 +104,10 @@ def func(*names: str) -> Func:
     Names are normalized like op types, so ``'max_pool2d'`` and ``'maxpool2d'`` are the
     same, and ``'__add__'`` matches the op type ``'add'``. Special sources are
     ``'input'``, ``'output'``, ``'buffer'`` and ``'constant'``.
+
+    Selectors hold no torch state, so names are checked when the selector meets a model
+    (``tl.trace``, ``tl.record``, ``tl.run``, ``tl.pluck``): a name torch cannot produce
+    raises :class:`SelectorError` listing the closest op types.
     """
     return Func(names)
 

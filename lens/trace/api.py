@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
@@ -11,10 +12,12 @@ from typing import Any
 from torch import nn
 
 from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture.args import check_input_kwargs, check_options
+from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import SelectorPolicy, halt_predicate
 from ..errors import CaptureError
-from ..selectors import Selector, coerce
+from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
 from .op import Op
@@ -34,6 +37,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     ``halt`` stops the forward right after the first op a selector matches.
     ``intervene`` takes ``tl.when(...)`` rules (or a list) applied to ops as they run.
     """
+    check_input_kwargs("tl.trace", input_kwargs)
+    check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
     kwargs = dict(input_kwargs or {})
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
@@ -49,6 +54,7 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         result = build(rec, model, output, save_sel if save_sel is not None else save,
                        elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
     result.options.update(intervention_ready=intervention_ready, save_grads=save_grads)
+    check_labels(result, save_sel)
     if rng is not None:
         result.options["rng_state"] = rng
     for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
@@ -64,6 +70,8 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
              save_grads: Any) -> tuple[Recorder, Selector | None]:
     """Check the model and set up a Recorder for one call (shared by trace and record)."""
     check_model(model)
+    check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
+                  code_context=code_context, intervention_ready=intervention_ready)
     index = ModelIndex(model)
     addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
@@ -77,6 +85,16 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
                    payload=PayloadOptions(detach, device, dtype), code_context=code_context,
                    index=index)
     return rec, save_sel
+
+
+def check_labels(result: Trace, sel: Selector | None) -> None:
+    """After the run: a ``save=`` selector naming a label no op carries is an error (with
+    the closest labels), not a trace that silently saved nothing. A halted trace is not
+    checked: the ops after the halt never ran."""
+    if sel is None or result.halted:
+        return
+    if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
+        sel.validate(labels=result._lookup.keys())
 
 
 def _rng_snapshot() -> dict[str, Any]:
@@ -105,6 +123,10 @@ def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float
     return result
 
 
+_GC_LOCK = threading.Lock()
+_GC_PAUSED = [0, False]  # traces now running; whether the collector was on before them
+
+
 @contextmanager
 def _no_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while records are created (restored after).
@@ -112,14 +134,22 @@ def _no_gc() -> Iterator[None]:
     Capture allocates a few small objects per op; the collector would otherwise traverse
     the growing record graph again and again, which roughly doubles the cost of
     bookkeeping on models with many small ops. Reference counting still frees memory.
+    The collector is process-wide: with traces running in several threads, the first to
+    start pauses it and the last to finish restores it (under a lock, so no interleaving
+    can leave it off).
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    with _GC_LOCK:
+        if _GC_PAUSED[0] == 0:
+            _GC_PAUSED[1] = gc.isenabled()
+            gc.disable()
+        _GC_PAUSED[0] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GC_LOCK:
+            _GC_PAUSED[0] -= 1
+            if _GC_PAUSED[0] == 0 and _GC_PAUSED[1]:
+                gc.enable()
 
 
 def _grouper(detect_loops: bool) -> Callable[[list[Op]], list[int]]:
@@ -138,6 +168,7 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
         return None, SaveNone() if not intervention_ready else SaveAll()
     sel = coerce(save, module_addresses=addresses)
     sel.validate(module_addresses=addresses)
+    check_names(sel, addresses)
     if intervention_ready:
         return sel, SaveAll()
     return sel, SelectorPolicy(sel, lookback or 0)

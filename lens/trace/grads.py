@@ -29,6 +29,7 @@ from typing import Any
 from torch import Tensor
 
 from ..capture.engine import _tensor_leaves
+from ..capture.known import check_names
 from ..capture.policy import SelectorPolicy
 from ..capture.records import INPUT, OUTPUT
 from ..errors import PayloadError
@@ -37,16 +38,22 @@ from . import ext
 
 
 class _Store:
-    """The tensor hook of one op: adds the incoming gradient to ``op.grad``."""
+    """The tensor hook of one op: adds the incoming gradient to ``op.grad``.
+
+    It holds the op weakly. The hook lives in the tensor's autograd node, which the op's
+    payload (that same tensor) keeps alive from C++: a strong reference would close a
+    loop the cycle collector cannot see through, and every trace would leak."""
 
     __slots__ = ("op", "check")
 
     def __init__(self, op: Any, check: SelectorPolicy | None) -> None:
-        self.op = op
+        self.op = weakref.ref(op)
         self.check = check  # decided when the gradient arrives, on the finished trace
 
     def __call__(self, grad: Tensor) -> None:
-        op = self.op
+        op = self.op()
+        if op is None:  # the trace is gone: nobody can read this gradient
+            return
         if self.check is not None and not self.check.decide(op, "final"):
             return
         old = op.grad
@@ -61,6 +68,7 @@ class GradCapture:
         sel = coerce(spec, module_addresses=module_addresses)
         if module_addresses is not None:
             sel.validate(module_addresses=frozenset(module_addresses))
+        check_names(sel, module_addresses)
         self.selector: Selector = sel
         self._all = sel is ALL
         self._live = sel.timing == "live"

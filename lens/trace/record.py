@@ -33,13 +33,15 @@ import torch
 from torch import nn
 
 from ..capture import PayloadOptions, Recorder, check_model, run_forward
+from ..capture.args import check_input_kwargs, check_options
+from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import STAGE_RANK, SelectorPolicy
 from ..capture.records import OpRecord
 from ..errors import LookupKeyError, PayloadError
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import _ADDRESS
-from .api import build, recorder
+from .api import build, check_labels, recorder
 from .op import Op
 from .trace import Trace
 
@@ -120,6 +122,8 @@ class Recording:
             self._trace.options.update(
                 intervention_ready=self.options["intervention_ready"],
                 save_grads=self.options["save_grads"])
+            if isinstance(self.save_spec, Selector):
+                check_labels(self._trace, self.save_spec)
         return self._trace
 
     def __repr__(self) -> str:
@@ -139,6 +143,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
     ``.to_trace()`` builds the trace. Cheapest with a sparse ``save=`` selector.
     """
+    check_input_kwargs("tl.record", input_kwargs)
+    check_options("tl.record", keep_orphans=keep_orphans, detect_loops=detect_loops)
     kwargs = dict(input_kwargs or {})
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
@@ -147,6 +153,10 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     t0 = perf_counter()
     output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0
+    for rule in rec.interceptors:  # as tl.trace: a strict rule that matched nothing raises
+        close = getattr(rule, "close", None)
+        if close is not None:
+            close(rec if rec.halted else None)  # a halted run checks nothing
     return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
                      {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
                       "intervention_ready": intervention_ready, "save_grads": save_grads})
@@ -225,6 +235,7 @@ def _site_selector(site: Any, addresses: set[str]) -> Selector:
     else:
         sel = coerce(site, module_addresses=addresses)
     sel.validate(module_addresses=frozenset(addresses))
+    check_names(sel, addresses)
     return sel
 
 

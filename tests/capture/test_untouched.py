@@ -42,6 +42,55 @@ def test_importing_lens_changes_nothing_in_torch():
     assert "CHANGED []" in res.stdout, res.stdout + res.stderr
 
 
+_FIRST_USE = r"""
+import sys
+import torch, torch.nn.functional as F, torch.nn as nn
+
+def snap():
+    out = {}
+    for ns_name, ns in [("torch", torch), ("Tensor", torch.Tensor), ("F", F),
+                        ("Module", nn.Module)]:
+        for k, v in list(vars(ns).items()):
+            out[ns_name + "." + k] = v
+    return out
+
+def torch_modules():
+    return {m for m in sys.modules if m == "torch" or m.startswith("torch.")}
+
+import lens as tl
+model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 2))
+x = torch.randn(3, 4)
+before, mods_before = snap(), torch_modules()
+steps = {
+    "trace": lambda: tl.trace(model, x),
+    "trace_grads": lambda: tl.trace(model, x, save_grads=True),
+    "run": lambda: tl.run(model, x, intervene=tl.when(tl.func("gelu"), tl.zero_ablate())),
+    "record": lambda: tl.record(model, x).to_trace(),
+    "replay": lambda: tl.trace(model, x, intervention_ready=True).fork()
+        .intervene(tl.func("gelu"), tl.scale(2.0)).replay(),
+}
+for name, step in steps.items():
+    step()
+    after = snap()
+    replaced = sorted(k for k in before if after.get(k) is not before[k])
+    added = sorted(k for k in after if k not in before and not k.startswith("torch."))
+    new_mods = sorted(torch_modules() - mods_before)
+    print("STEP", name, "REPLACED", replaced, "ADDED", added,
+          "DYNAMO", [m for m in new_mods if m.startswith("torch._dynamo")])
+"""
+
+
+def test_first_trace_run_record_and_replay_touch_nothing_in_torch():
+    """A first trace (and tl.run, tl.record, a fork/replay) replaces no torch attribute
+    and never imports torch._dynamo (whose import replaces torch.manual_seed)."""
+    res = subprocess.run([sys.executable, "-c", _FIRST_USE], capture_output=True, text=True,
+                         check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("STEP")]
+    assert len(lines) == 5, res.stdout + res.stderr
+    for line in lines:
+        assert line.endswith("REPLACED [] ADDED [] DYNAMO []"), line
+
+
 def _no_hooks(model: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 

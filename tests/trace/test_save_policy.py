@@ -40,7 +40,8 @@ def _specs(full: tl.Trace, addresses: list[str]) -> list[Any]:
         tl.func("linear", "conv2d", "add"),
         tl.func("linear", "conv2d") & tl.followed_by(tl.everything()),
         ~tl.func("getitem") & tl.preceded_by(tl.func("linear", "add")),
-        [mid.label, full.ops[1].label, -2, 1, "add"],
+        # a label substring must occur in this trace (else save= raises): mid's type does
+        [mid.label, full.ops[1].label, -2, 1, mid.type],
         mid.short_label if mid.kind == "op" else mid.label,
     ]
     if used:
