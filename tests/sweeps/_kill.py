@@ -127,8 +127,7 @@ def _child(job: dict[str, Any]) -> None:
 
 def main(path: str) -> None:
     # Imported once, before the forks (imports only: no tensor work, so no thread pool
-    # exists yet). torch._dynamo: today's first trace imports it (seconds of work).
-    import torch._dynamo  # noqa: F401
+    # exists yet).
     import tqdm.auto  # noqa: F401
 
     import lens  # noqa: F401
