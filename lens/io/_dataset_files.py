@@ -1,21 +1,19 @@
-"""Reading an activation dataset's files as untrusted input.
+"""An activation dataset's files, read as untrusted input through :mod:`lens.io._safe`.
 
-Every file is opened without following links and without blocking (a FIFO cannot stall
-the reader), must be a regular file, and is read whole only after its size is checked.
-JSON is parsed with a depth limit, without NaN/Infinity, duplicate keys or huge integers.
-Safetensors headers are checked (dtypes, shapes, offsets within the file and consistent)
-before any tensor is built, so no allocation follows a number that was not checked.
-Every refusal is a ``LoadError`` naming the file and the field.
+Opening (no links, FIFOs or devices), strict JSON and safetensors header validation are
+``_safe``'s; this module adds what is particular to datasets: the manifest's fields, and
+that every shard holds exactly the sites, dtypes and shapes the manifest lists. Every
+refusal is a ``LoadError`` naming the file and the field (or the shard and the site).
 
-(The trace loader has the same needs; ``lens/io/_safe.py`` may later serve both.)
+Integers: the manifest holds only counts, indices and sizes, so it is parsed with
+``SAFE_INTS`` (at most 2**53, exact in every JSON reader). Shard headers are parsed as
+safetensors defines them (64-bit sizes and offsets), then checked against the file's size
+and the manifest.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,85 +21,26 @@ from typing import Any
 import torch
 
 from ..errors import LoadError
+from ._safe import (
+    SAFE_INTS,
+    SAFETENSORS_DTYPES,
+    SAFETENSORS_NAMES,
+    loads_json,
+    read_regular,
+    safetensors_header,
+    tensors_at,
+)
 
 MAX_JSON_BYTES = 256 * 2**20
-MAX_DEPTH = 32
-MAX_INT = 2**53
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-TORCH_DTYPES = {str(d): d for d in _ST_DTYPES.values()}
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
+MAX_DEPTH = 32  # a manifest nests 4 deep
+MAX_INT = SAFE_INTS[1]
+TORCH_DTYPES = {str(d): d for d in SAFETENSORS_DTYPES.values()}
 
 
-def read_file(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file (no link, FIFO or device), at most ``limit`` of them."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise LoadError(f"{path} is missing.") from None
-    except OSError as e:  # ELOOP: a symbolic link
-        raise LoadError(f"{path} cannot be opened as a plain file ({e.strerror}); links "
-                        "are not followed.") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LoadError(f"{path} is not a regular file; refusing to read it.")
-        if st.st_size > limit:
-            raise LoadError(f"{path} is {st.st_size} bytes, over the limit of {limit}.")
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 2**24))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def parse_json(data: bytes, where: str) -> Any:
-    depth = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", data)):
-        depth += 1 if bracket in b"[{" else -1
-        if depth > MAX_DEPTH:
-            raise LoadError(f"{where}: nested deeper than {MAX_DEPTH} levels.")
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                          parse_constant=_no_constant, parse_int=_bounded_int,
-                          parse_float=_finite_float)
-    except LoadError as e:
-        raise LoadError(f"{where}: {e}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise LoadError(f"{where} is not valid JSON: {e}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise LoadError(f"key {k!r:.60} appears twice")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise LoadError(f"{name} is not allowed (not a JSON number)")
-
-
-def _bounded_int(text: str) -> int:
-    if len(text) > 17 or abs(int(text)) > MAX_INT:
-        raise LoadError(f"integer {text[:20]}... is out of range")
-    return int(text)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise LoadError(f"number {text[:20]} is not finite")
-    return value
+def read_manifest_json(root: Path, name: str) -> Any:
+    """The manifest ``root/name`` parsed (not yet checked: see ``check_manifest``)."""
+    data = read_regular(root, name, str(root / name), MAX_JSON_BYTES)
+    return loads_json(data, str(root / name), max_depth=MAX_DEPTH, ints=SAFE_INTS)
 
 
 def int_field(x: Any, field: str, where: str, low: int = 0) -> int:
@@ -118,8 +57,8 @@ def shape_field(x: Any, field: str, where: str) -> list[int]:
     return [int_field(v, f"{field}[{i}]", where) for i, v in enumerate(x)]
 
 
-def plain_name(x: Any, field: str, where: str) -> str:
-    """A file name inside the folder: no separators, no '..', no hidden or odd names."""
+def shard_name(x: Any, field: str, where: str) -> str:
+    """A shard file name inside the folder: no separators, no '..', no hidden or odd names."""
     ok = (isinstance(x, str) and 0 < len(x) <= 200 and re.fullmatch(r"[\w.\-]+", x)
           and not x.startswith(".") and x.endswith(".safetensors"))
     if not ok:
@@ -133,71 +72,30 @@ def _show(x: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_safetensors(path: Path, expect: dict[str, tuple[str, Sequence[int]]],
-                     every: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The tensors ``expect`` names (name -> (torch dtype string, shape)) from a shard whose
-    header is checked against the file before anything is built; the shard must hold
-    exactly the tensors ``every`` names."""
-    data = read_file(path, 2**62)
-    where = str(path)
-    if len(data) < 8:
-        raise LoadError(f"{where}: shorter than a safetensors header (truncated?).")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8 or n > 100 * 2**20:
-        raise LoadError(f"{where}: header length {n} exceeds the file (truncated?).")
-    header = parse_json(data[8:8 + n], f"{where} header")
-    if not isinstance(header, dict):
-        raise LoadError(f"{where}: header is not a JSON object.")
-    body = len(data) - 8 - n
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        spans.append(_check_entry(name, entry, body, where))
-    held = sorted(k for k in header if k != "__metadata__")
-    if held != sorted(every):
-        raise LoadError(f"{where}: holds sites {_show(held)} but the manifest lists "
-                        f"{_show(sorted(every))}.")
-    spans.sort()
-    for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:], strict=False):
-        if b1 < e0:
-            raise LoadError(f"{where}: tensors {n0!r} and {n1!r} overlap (data_offsets).")
-    out = {}
-    for name, (dtype, shape) in expect.items():
-        entry = header.get(name)
-        if entry is None:
-            raise LoadError(f"{where}: site {name!r} is missing from this shard.")
-        if str(_ST_DTYPES[entry["dtype"]]) != dtype or list(entry["shape"]) != list(shape):
+def read_shard(root: Path, name: str, expect: dict[str, tuple[str, Sequence[int]]] | None,
+               every: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """Tensors of the shard ``root/name``, its header validated before any is built.
+
+    ``every``: the sites the shard must hold, exactly (None: any). ``expect``: the ones to
+    build, name -> (torch dtype string, shape), each checked against the header (None:
+    all of them, unchecked)."""
+    where = str(root / name)
+    data = read_regular(root, name, where)
+    entries = safetensors_header(data, where)
+    if every is not None and sorted(entries) != sorted(every):
+        raise LoadError(f"{where}: holds sites {_show(sorted(entries))} but the manifest "
+                        f"lists {_show(sorted(every))}.")
+    if expect is None:
+        return tensors_at(data, entries, where)
+    for site, (dtype, shape) in expect.items():
+        if site not in entries:
+            raise LoadError(f"{where}: site {site!r} is missing from this shard.")
+        got, got_shape = entries[site][:2]
+        if str(got) != dtype or got_shape != list(shape):
             raise LoadError(
-                f"{where}: site {name!r} is {entry['dtype']} {entry['shape']}, but the "
+                f"{where}: site {site!r} is {SAFETENSORS_NAMES[got]} {got_shape}, but the "
                 f"manifest says {dtype} {list(shape)} for this shard.")
-        b, e = entry["data_offsets"]
-        raw = bytearray(data[8 + n + b:8 + n + e])
-        t = (torch.frombuffer(raw, dtype=_ST_DTYPES[entry["dtype"]]) if raw
-             else torch.empty(0, dtype=_ST_DTYPES[entry["dtype"]]))
-        out[name] = t.reshape(shape)
-    return out
-
-
-def _check_entry(name: str, entry: Any, body: int, where: str) -> tuple[int, int, str]:
-    field = f"header[{name!r:.40}]"
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise LoadError(f"{where}: {field} must hold exactly dtype, shape, data_offsets.")
-    if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ST_DTYPES:
-        raise LoadError(f"{where}: {field}.dtype {_show(entry['dtype'])} is not supported.")
-    shape = shape_field(entry["shape"], f"{field}.shape", where)
-    offsets = entry["data_offsets"]
-    if not isinstance(offsets, list) or len(offsets) != 2:
-        raise LoadError(f"{where}: {field}.data_offsets must be [begin, end].")
-    b, e = (int_field(v, f"{field}.data_offsets", where) for v in offsets)
-    numel = 1
-    for s in shape:
-        numel *= s
-    size = numel * _ST_DTYPES[entry["dtype"]].itemsize
-    if not b <= e <= body or e - b != size:
-        raise LoadError(f"{where}: {field}.data_offsets [{b}, {e}] do not hold {size} bytes "
-                        f"within the {body}-byte data area.")
-    return b, e, name
+    return tensors_at(data, {site: entries[site] for site in expect}, where)
 
 
 # ---------------------------------------------------------------------------- manifest
@@ -246,7 +144,7 @@ def _check_shards(shards: list[Any], where: str) -> None:
         field = f"shards[{i}]"
         if not isinstance(s, dict):
             raise LoadError(f"{where}: {field} must be an object, got {_show(s)}.")
-        name = plain_name(s.get("file"), f"{field}.file", where)
+        name = shard_name(s.get("file"), f"{field}.file", where)
         if name in files:
             raise LoadError(f"{where}: {field}.file: shard {name} is listed twice.")
         files.add(name)

@@ -1,6 +1,9 @@
 """Reading untrusted files without trusting them: the helpers every lens loader shares.
 
-The API (everything raises :class:`LoadError` naming the file and the field):
+The one home of safe reading in lens: trace folders (``load.py``, ``_tensors.py``),
+activation datasets (``_dataset_files.py``) and sweep result stores (``sweeps/store.py``)
+all read through it. The API (everything raises :class:`LoadError` naming the file and
+the field):
 
 ``plain_name(name, where)``
     A file name taken from a file must be one plain path component: no ``/``, ``\\``,
@@ -10,15 +13,19 @@ The API (everything raises :class:`LoadError` naming the file and the field):
     ``name`` must be a regular file inside it: a symlink, FIFO, socket, device or folder in
     its place is refused without being followed or opened in a blocking way
     (``os.lstat``, then ``O_NOFOLLOW | O_NONBLOCK`` and ``fstat`` before any read).
-``loads_json(data, where, max_depth=MAX_JSON_DEPTH)``
+``loads_json(data, where, max_depth=MAX_JSON_DEPTH, ints=INT64, nonfinite=False)``
     Strict JSON: UTF-8 only, nesting refused past ``max_depth`` *before* parsing (so never
-    a ``RecursionError``), duplicate keys, ``NaN``/``Infinity`` literals, numbers that
-    overflow a float and integers outside 64 bits refused, each with its JSON path.
-``read_safetensors(data, where)``
-    Tensors of a safetensors file held in ``data``. The header is validated by lens
-    first: its length is bounded and inside the file, each dtype is known, each shape's
-    element count times the item size equals its byte span, the spans tile the data
-    section exactly. Only then are tensors made, as fresh CPU allocations.
+    a ``RecursionError``), duplicate keys, ``NaN``/``Infinity`` literals (unless
+    ``nonfinite``: a file whose writer emits them for real values), numbers that
+    overflow a float and integers outside ``ints`` refused, each with its JSON path.
+    ``INT64`` (int64 and uint64 values) suits files holding user values; ``SAFE_INTS``
+    (+-2**53, exact in every JSON reader) suits files holding only counts and sizes.
+``safetensors_header(data, where)`` / ``read_safetensors(data, where)``
+    The validated entries, or the tensors, of a safetensors file held in ``data``. The
+    header is validated by lens first: its length is bounded and inside the file, each
+    dtype is known, each shape's element count times the item size equals its byte span,
+    the spans tile the data section exactly. Only then are tensors made (``tensors_at``
+    for some of the entries), as fresh CPU allocations.
 
 Nothing here allocates in proportion to a number read from a file before checking it
 against the size of that file.
@@ -42,7 +49,8 @@ from ..errors import LoadError
 MAX_JSON_DEPTH = 64
 MAX_FILE_BYTES = 1 << 40  # refuse anything larger than 1 TiB outright
 MAX_HEADER_BYTES = 100 << 20  # as safetensors itself
-_INT_LIMITS = (-(1 << 63), 1 << 64)  # int64 and uint64 values
+INT64 = (-(1 << 63), (1 << 64) - 1)  # int64 and uint64 values, bounds included
+SAFE_INTS = (-(1 << 53), 1 << 53)  # integers every JSON reader holds exactly
 
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
                | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
@@ -78,12 +86,14 @@ def read_regular(root: Path, name: str, where: str,
     except OSError as e:
         raise LoadError(f"{path} cannot be examined: {e.strerror}.") from None
     if not stat.S_ISREG(mode):
-        raise LoadError(f"{path} is {_kind(mode)}, not a regular file; lens refuses to "
-                        "follow or open it. Replace it with the file tl.save wrote.")
+        raise LoadError(f"{path} is {_kind(mode)}, so it cannot be opened as a plain file: "
+                        "lens refuses to follow or open it. Replace it with the file lens "
+                        "wrote.")
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as e:  # e.g. ELOOP: it became a link after the check
-        raise LoadError(f"{path} cannot be opened safely: {e.strerror}.") from None
+        raise LoadError(f"{path} cannot be opened as a plain file ({e.strerror}); links "
+                        "are not followed.") from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -118,7 +128,8 @@ class _Bad:
         self.why = why
 
 
-def loads_json(data: bytes | bytearray | str, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def loads_json(data: bytes | bytearray | str, where: str, max_depth: int = MAX_JSON_DEPTH,
+               ints: tuple[int, int] = INT64, nonfinite: bool = False) -> Any:
     """Strictly parsed JSON (see the module docstring)."""
     if isinstance(data, (bytes, bytearray)):
         try:
@@ -143,9 +154,10 @@ def loads_json(data: bytes | bytearray | str, where: str, max_depth: int = MAX_J
         return out
 
     def integer(s: str) -> Any:
-        v = int(s) if len(s) <= 21 else None
-        if v is None or not _INT_LIMITS[0] <= v < _INT_LIMITS[1]:
-            return refuse(f"the integer {s:.30} does not fit in 64 bits")
+        v = int(s) if len(s) <= 21 else None  # never int() of a huge digit string
+        if v is None or not ints[0] <= v <= ints[1]:
+            fits = "64 bits" if ints == INT64 else f"{ints[0]}..{ints[1]}"
+            return refuse(f"the integer {s:.30} is out of range (does not fit in {fits})")
         return v
 
     def number(s: str) -> Any:
@@ -153,6 +165,8 @@ def loads_json(data: bytes | bytearray | str, where: str, max_depth: int = MAX_J
         return v if math.isfinite(v) else refuse(f"{s:.30} overflows a float")
 
     def constant(s: str) -> Any:
+        if nonfinite:
+            return float(s)
         return refuse(f"{s} is not JSON (lens writes non-finite floats as strings)")
 
     import json
@@ -193,6 +207,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
                          ("F8_E4M3", getattr(torch, "float8_e4m3fn", None)),
                          ("F8_E5M2", getattr(torch, "float8_e5m2", None))) if v is not None},
 }
+SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _MAX_DIMS = 64
 
 
@@ -253,8 +268,13 @@ def _entry(e: Any, where: str, base: int) -> Entry:
 
 def read_safetensors(data: bytearray, where: str) -> dict[str, torch.Tensor]:
     """Tensors of the safetensors file held in ``data``, each a fresh CPU allocation."""
+    return tensors_at(data, safetensors_header(data, where), where)
+
+
+def tensors_at(data: bytearray, entries: dict[str, Entry], where: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``entries`` (validated by ``safetensors_header(data, ...)``)."""
     out: dict[str, torch.Tensor] = {}
-    for name, (dtype, shape, start, end) in safetensors_header(data, where).items():
+    for name, (dtype, shape, start, end) in entries.items():
         if start == end:
             out[name] = torch.empty(shape, dtype=dtype)
             continue

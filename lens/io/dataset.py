@@ -34,15 +34,7 @@ import torch
 from ..errors import LensError, LoadError, PayloadError
 from ..selectors import Selector
 from ..trace import Op, trace
-from ._dataset_files import (
-    FORMAT,
-    MAX_JSON_BYTES,
-    VERSION,
-    check_manifest,
-    parse_json,
-    read_file,
-    read_safetensors,
-)
+from ._dataset_files import FORMAT, VERSION, check_manifest, read_manifest_json, read_shard
 from ._fingerprint import batch_fingerprint, model_fingerprint
 from ._lock import FolderLock
 
@@ -130,8 +122,8 @@ def load_dataset_activations(output_dir: str | os.PathLike[str],
     """``{site: tensor}`` with every shard concatenated along the sample dimension.
 
     The folder is untrusted: the manifest and every shard header are checked (see
-    ``_dataset_files``), and shards must tile the rows exactly, or a ``LoadError`` names
-    the shard and the field."""
+    ``_dataset_files`` and ``_safe``), and shards must tile the rows exactly, or a
+    ``LoadError`` names the shard and the field."""
     out = Path(output_dir)
     manifest = _read_manifest(out)
     if not manifest["completed"] and not allow_partial:
@@ -149,7 +141,7 @@ def load_dataset_activations(output_dir: str | os.PathLike[str],
         site = manifest["sites"]
         expect: dict[str, tuple[str, Sequence[int]]] = {
             n: (site[n]["dtype"], [rows, *site[n]["shape"]]) for n in names}
-        tensors = read_safetensors(out / s["file"], expect, list(site))
+        tensors = read_shard(out, s["file"], expect, list(site))
         for n in names:
             parts[n].append(tensors[n])
     return {n: torch.cat(p) if p else torch.empty(0) for n, p in parts.items()}
@@ -204,11 +196,9 @@ def _start(out: Path, spec: dict[str, Any], spec_hash: str, resume: bool | str,
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:
-    where = str(out / MANIFEST)
     if not (out / MANIFEST).exists() and not (out / MANIFEST).is_symlink():
         raise LoadError(f"No activation manifest in {out} ({MANIFEST} is missing).")
-    data = read_file(out / MANIFEST, MAX_JSON_BYTES)
-    return check_manifest(parse_json(data, where), where)
+    return check_manifest(read_manifest_json(out, MANIFEST), str(out / MANIFEST))
 
 
 def _peek(batches: Iterable[Any]) -> tuple[Iterator[Any], Any]:
@@ -324,20 +314,30 @@ def _record_shard(out: Path, manifest: dict[str, Any], shard: int, name: str,
 
 def _adopt(out: Path, manifest: dict[str, Any], shard: int, done: dict[int, Any]) -> bool:
     """A shard file renamed into place before its manifest entry was written (interrupted
-    between the two): check it and list it instead of computing it again."""
+    between the two): check it and list it instead of computing it again. It is read like
+    any shard (``read_shard``) and must hold the manifest's sites, dtypes and row shapes."""
     name = f"shard_{shard:06d}.safetensors"
     if not (out / name).exists() or shard != len(manifest["shards"]):
         return False
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    sites = manifest["sites"] or None
     try:
-        tensors = load_file(str(out / name))
-    except (SafetensorError, OSError):
-        return False  # torn or unreadable: computed again
+        tensors = read_shard(out, name, None, None if sites is None else list(sites))
+    except LoadError:
+        return False  # torn, unreadable or not a regular file: computed again
+    if not _adoptable(tensors, sites):
+        return False  # not this extraction's shard: computed again
     _record_shard(out, manifest, shard, name, tensors)
     done[shard] = manifest["shards"][-1]
     return True
+
+
+def _adoptable(tensors: dict[str, torch.Tensor], sites: dict[str, Any] | None) -> bool:
+    """Sites with one row count (>= 1), of the manifest's dtypes and row shapes if known."""
+    rows = {t.shape[0] if t.dim() else 0 for t in tensors.values()}
+    if len(rows) != 1 or 0 in rows:
+        return False
+    return sites is None or all({"shape": list(t.shape[1:]), "dtype": str(t.dtype)} == sites[k]
+                                for k, t in tensors.items())
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -8,6 +8,10 @@ no valid row is ever lost. Each append starts on a fresh line, so a torn write c
 swallow the next row. A different sweep pointed at the folder is refused; one whose metric
 or action code changed is refused unless ``resume='force'``. Writers hold the folder's
 lock (``lens.io._lock.FolderLock``) while they use a store.
+
+Both files are read as untrusted input through ``lens.io._safe`` (no links or FIFOs, strict
+JSON). Rows may hold NaN/Infinity (a metric can be non-finite and ``json.dumps`` writes
+them so); the spec may not. Integers may use 64 bits in both (they are user values).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import LensError, LoadError
+from ..io._safe import loads_json, read_regular
 from .spec import CODE_KEYS
 
 SPEC_FILE = "spec.json"
@@ -74,7 +79,7 @@ class ResultStore:
             return []
         rows: list[dict[str, Any]] = []
         seen: set[tuple[Any, ...]] = set()
-        data = self.rows_path.read_bytes()
+        data = read_regular(self.dir, ROWS_FILE, str(self.rows_path))
         for number, line in enumerate(data.split(b"\n"), start=1):
             if not line.strip():
                 continue
@@ -103,13 +108,11 @@ def cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["site"], row["position"], row["head"])
 
 
-def _parse_row(line: bytes) -> tuple[dict[str, Any] | None, str]:
+def _parse_row(line: bytes | bytearray) -> tuple[dict[str, Any] | None, str]:
     try:
-        row = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "not UTF-8"
-    except (ValueError, RecursionError):
-        return None, "not JSON (a torn or garbled write)"
+        row = loads_json(line, "the line", nonfinite=True)
+    except LoadError as e:
+        return None, f"a torn or garbled write ({e})"
     if not isinstance(row, dict):
         return None, f"a JSON {type(row).__name__}, not a row"
     ok = (isinstance(row.get("site"), str) and _opt_int(row.get("position", 0))
@@ -148,14 +151,14 @@ def _read_spec(path: Path) -> dict[str, Any]:
     what_to_do = (f"Move {path.parent} aside and point out= at a new folder; or, if its rows "
                   f"came from this very sweep, delete {path} and rerun with resume='force'.")
     try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise ValueError(f"larger than {MAX_SPEC_BYTES} bytes")
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if not (isinstance(old, dict) and isinstance(old.get("digest"), str)
-                and isinstance(old.get("spec"), dict)):
-            raise ValueError("not a sweep spec (needs 'digest' and 'spec')")
-    except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors included
-        raise LoadError(f"{path} is damaged ({e}). {what_to_do}") from None
+        old = loads_json(read_regular(path.parent, path.name, str(path), MAX_SPEC_BYTES),
+                         str(path))
+    except LoadError as e:  # unreadable, too large, not strict JSON: named in e
+        raise LoadError(f"{path} is damaged: {e} {what_to_do}") from None
+    if not (isinstance(old, dict) and isinstance(old.get("digest"), str)
+            and isinstance(old.get("spec"), dict)):
+        raise LoadError(f"{path} is damaged: not a sweep spec (needs 'digest' and 'spec'). "
+                        f"{what_to_do}")
     return old
 
 

@@ -115,6 +115,33 @@ def test_a_shard_renamed_before_its_manifest_entry_is_adopted(setup, tmp_path):
     assert _files(d) == _files(tmp_path / "whole")
 
 
+def _other_sites(data: bytes) -> bytes:
+    from safetensors.torch import load, save
+
+    return save({f"x{k}": v for k, v in load(data).items()})
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:8] + data[8:].replace(b'"F32"', b'"F16"', 1),  # spans that lie
+    _other_sites,  # a valid safetensors file, but not of this extraction
+])
+def test_a_bad_shard_in_place_is_computed_again_not_adopted(setup, tmp_path, damage):
+    model, ds, _ = setup
+    extract_dataset(model, ds, SITES, batch_size=3, output_dir=tmp_path / "whole",
+                    progress=False)
+    d = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        extract_dataset(model, ds, SITES, batch_size=3, output_dir=d, progress=False,
+                        on_batch=lambda b, a: _raise_at(b, 2))
+    shard2 = (tmp_path / "whole" / "shard_000002.safetensors").read_bytes()
+    (d / "shard_000002.safetensors").write_bytes(damage(shard2))
+    seen: list[int] = []
+    extract_dataset(model, ds, SITES, batch_size=3, output_dir=d, progress=False,
+                    on_batch=lambda b, a: seen.append(b))
+    assert seen == [2, 3]
+    assert _files(d) == _files(tmp_path / "whole")
+
+
 def _raise_at(b: int, n: int) -> None:
     if b == n:
         raise Interrupt

@@ -26,8 +26,10 @@ from lens.io.dataset import MANIFEST
 from tests.sweeps._kill import run_extract_job
 
 SHARDS = [f"shard_{i:06d}.safetensors" for i in range(4)]
-PARSE_REFUSALS = ("is not allowed", "nested deeper", "out of range", "not valid JSON",
-                  "appears twice", "not finite")
+# The refusals of lens.io._safe.loads_json, one phrase each (each also names the JSON path).
+PARSE_REFUSALS = ("is not JSON (lens writes non-finite", "levels deep; lens reads at most",
+                  "is out of range", "not valid JSON", "appears twice", "overflows a float",
+                  "is not UTF-8 text")
 
 
 @dataclass

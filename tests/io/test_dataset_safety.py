@@ -115,20 +115,23 @@ def test_a_shard_of_another_dtype_or_shape_or_a_missing_shard_is_named(good, tmp
 def test_links_fifos_and_folders_in_place_of_files_are_refused(good, tmp_path):
     outside = tmp_path / "outside.safetensors"
     shutil.copy(good / SHARD.format(1), outside)
-    makers = {"link out": lambda p: p.symlink_to(outside),
-              "link in": lambda p: p.symlink_to(p.parent / SHARD.format(0)),
-              "fifo": lambda p: os.mkfifo(p), "folder": lambda p: p.mkdir()}
-    for name, make in makers.items():
+    makers = {"link out": (lambda p: p.symlink_to(outside), "a symbolic link"),
+              "link in": (lambda p: p.symlink_to(p.parent / SHARD.format(0)),
+                          "a symbolic link"),
+              "fifo": (lambda p: os.mkfifo(p), "a FIFO"), "folder": (lambda p: p.mkdir(),
+                                                                      "a folder")}
+    for name, (make, kind) in makers.items():
         d = copy(good, tmp_path / name)
         (d / SHARD.format(1)).unlink()
         make(d / SHARD.format(1))
-        with pytest.raises(tl.LoadError, match=r"shard_000001.safetensors (cannot be opened "
-                                               r"as a plain file|is not a regular file)"):
+        with pytest.raises(tl.LoadError, match=f"shard_000001.safetensors is {kind}, so it "
+                                               "cannot be opened as a plain file"):
             load_dataset_activations(d)
     d = copy(good, tmp_path / "manifest")
     shutil.move(d / MANIFEST, tmp_path / "elsewhere.json")
     (d / MANIFEST).symlink_to(tmp_path / "elsewhere.json")
-    with pytest.raises(tl.LoadError, match="manifest.json cannot be opened as a plain file"):
+    with pytest.raises(tl.LoadError, match="manifest.json is a symbolic link, so it cannot be "
+                                           "opened as a plain file"):
         load_dataset_activations(d)
 
 

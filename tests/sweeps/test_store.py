@@ -93,6 +93,32 @@ def test_a_broken_spec_file_names_the_file_and_what_to_do(tmp_path):
         run_sweep_job(str(tmp_path))
 
 
+def test_non_finite_values_are_kept_but_a_strictly_bad_line_is_damaged(tmp_path):
+    from lens.sweeps.store import ResultStore
+
+    store = ResultStore(tmp_path, {"kind": "t"}, "d1")
+    rows = [{"site": "a", "position": p, "head": None, "value": v}
+            for p, v in enumerate([float("nan"), float("inf"), -float("inf"), 2 ** 63])]
+    store.append(rows)  # json.dumps writes NaN/Infinity: a metric may be non-finite
+    with (tmp_path / "rows.jsonl").open("ab") as f:
+        f.write(b'{"site": "b", "site": "c", "position": 0, "head": null, "value": 1}\n')
+    again = ResultStore(tmp_path, {"kind": "t"}, "d1")
+    got = again.load()
+    assert [r["position"] for r in got] == [0, 1, 2, 3] and got[3]["value"] == 2 ** 63
+    assert torch.isnan(torch.tensor(got[0]["value"]))
+    assert [r["value"] for r in got[1:3]] == [float("inf"), -float("inf")]
+    assert len(again.damaged) == 1 and "'site' appears twice" in again.damaged[0]
+
+
+def test_a_linked_rows_file_is_refused_not_followed(tmp_path):
+    from lens.sweeps.store import ResultStore
+
+    (tmp_path / "elsewhere.jsonl").write_bytes(b"")
+    (tmp_path / "rows.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(tl.LoadError, match="rows.jsonl is a symbolic link"):
+        ResultStore(tmp_path, {"kind": "t"}, "d1").load()
+
+
 def _other_metric(out: torch.Tensor) -> torch.Tensor:
     return out[0, -1, 0] - out[0, -1, 1]
 
