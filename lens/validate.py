@@ -114,6 +114,7 @@ def _runs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         torch.set_rng_state(start)
         a, kw = copy.deepcopy(args), copy.deepcopy(kwargs)
         tr = _trace(model, *a, input_kwargs=kw, save=True, keep_orphans=True)
+        _own_payloads(tr, state.storages())
         state.restore()
         return expected, tr
 
@@ -126,6 +127,17 @@ def _runs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
             expected, tr = both()
         return expected, tr, (f"ran with grad enabled: under torch.no_grad() the forward "
                               f"raised {type(e).__name__}: {str(e)[:120]}")
+
+
+def _own_payloads(tr: Trace, written: set[int]) -> None:
+    """Payloads that share storage with the model's tensors (buffers, written in place
+    by the forward or not) are copied, so putting the model back leaves them alone."""
+    if not written:
+        return
+    for op in tr.ops[0]._ops if tr.ops else ():
+        p = op.payload
+        if isinstance(p, Tensor) and p.untyped_storage().data_ptr() in written:
+            op.payload = p.clone()
 
 
 def _cuda_devices() -> list[int]:

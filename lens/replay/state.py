@@ -23,10 +23,11 @@ def _save(t: Tensor) -> _Saved:
 
 
 def _put_back(saved: _Saved) -> Tensor:
-    t, version, values = saved
-    if t._version != version:  # written in place since the snapshot
-        with torch.no_grad():
-            t.copy_(values)
+    t, _, values = saved
+    # Always copied: kernels such as batch_norm update running stats in place without
+    # bumping the version counter.
+    with torch.no_grad():
+        t.copy_(values)
     return t
 
 
@@ -47,6 +48,11 @@ class ModelState:
             tensors["plain"] = {k: _save(v) for k, v in attrs.items()
                                 if isinstance(v, Tensor)}
             self.modules.append((m, attrs, tensors))
+
+    def storages(self) -> set[int]:
+        """Storage addresses of every snapshotted tensor."""
+        return {t.untyped_storage().data_ptr() for _, _, tensors in self.modules
+                for group in tensors.values() for t, _, _ in group.values()}
 
     def restore(self) -> None:
         """Put every attribute, parameter and buffer back (object and values)."""
