@@ -4,7 +4,7 @@
 into a parameter or stores a plain attribute (``self.last = h``) would otherwise make the
 second run differ from the first and leave the model changed. :class:`ModelState` records
 every module's ``__dict__`` entries, parameters and buffers (with a copy of each tensor's
-values and its version counter) and :meth:`ModelState.restore` puts them all back.
+values), and the state of generators kept as attributes and :meth:`ModelState.restore` puts them all back.
 """
 
 from __future__ import annotations
@@ -47,12 +47,16 @@ class ModelState:
                 tensors[group] = {k: _save(v) for k, v in table.items() if v is not None}
             tensors["plain"] = {k: _save(v) for k, v in attrs.items()
                                 if isinstance(v, Tensor)}
+            tensors["generators"] = {k: (v, v.get_state(), v.get_state())
+                                     for k, v in attrs.items()
+                                     if isinstance(v, torch.Generator)}
             self.modules.append((m, attrs, tensors))
 
     def storages(self) -> set[int]:
         """Storage addresses of every snapshotted tensor."""
         return {t.untyped_storage().data_ptr() for _, _, tensors in self.modules
-                for group in tensors.values() for t, _, _ in group.values()}
+                for key, group in tensors.items() if key != "generators"
+                for t, _, _ in group.values()}
 
     def restore(self) -> None:
         """Put every attribute, parameter and buffer back (object and values)."""
@@ -71,3 +75,5 @@ class ModelState:
                     d[k] = v
             for saved in tensors["plain"].values():
                 _put_back(saved)
+            for gen, _, state in tensors["generators"].values():
+                gen.set_state(state)
