@@ -2,10 +2,10 @@
 reasons an op's output may legitimately ignore one.
 
 A perturbed parent is ``p + offset`` with ``|offset|`` between ``scale`` and ``2 * scale``
-at every element, ``scale`` at least the largest finite magnitude in ``p`` (and, on the
-second try, in everything the op sees). So every finite element changes by at least its
-own magnitude, constant tensors included (a permutation would leave them unchanged), and
-``1e20``-sized operands elsewhere in the op cannot absorb the change.
+at every element, pointing towards zero, ``scale`` at least the largest finite magnitude
+in ``p`` (and, on the second try, in everything the op sees). So every finite element
+changes by at least its own magnitude, constant tensors included (a permutation would
+leave them unchanged), and ``1e20``-sized operands elsewhere cannot absorb the change.
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def scale_of(tensors: Iterable[Tensor]) -> float:
 
 
 def perturbed(p: Tensor, scale: float, gen: torch.Generator) -> Tensor:
-    """``p`` moved by a random-signed offset of magnitude in ``[scale, 2 * scale]``."""
+    """``p`` moved towards (and past) zero by an offset of magnitude in
+    ``[scale, 2 * scale]`` (random sign where ``p`` is 0): every finite element changes
+    and none overflows."""
     limit = float(torch.finfo(p.dtype).max) / 4
     scale = min(scale, limit)
-    size = torch.rand(p.shape, generator=gen, dtype=torch.float64) + 1.0
-    sign = torch.where(torch.rand(p.shape, generator=gen) < 0.5, -1.0, 1.0).double()
-    offset = (size * sign * scale).clamp(-limit, limit)
-    return (p.detach().double() + offset.to(p.device)).to(p.dtype)
+    size = (torch.rand(p.shape, generator=gen, dtype=torch.float64) + 1.0) * scale
+    coin = torch.where(torch.rand(p.shape, generator=gen) < 0.5, -1.0, 1.0).double()
+    base = p.detach().double().cpu()
+    sign = torch.where(base == 0, coin, -torch.sign(base))
+    return (base + sign * size).to(device=p.device, dtype=p.dtype)
 
 
 def exemption(tr: Trace, op: Op, parent_call: int) -> str | None:

@@ -4,7 +4,8 @@
 into a parameter or stores a plain attribute (``self.last = h``) would otherwise make the
 second run differ from the first and leave the model changed. :class:`ModelState` records
 every module's ``__dict__`` entries, parameters and buffers (with a copy of each tensor's
-values), and the state of generators kept as attributes and :meth:`ModelState.restore` puts them all back.
+values) and the state of generators kept as attributes; :meth:`ModelState.restore` puts
+them all back.
 """
 
 from __future__ import annotations

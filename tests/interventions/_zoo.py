@@ -11,7 +11,7 @@ import lens as tl
 from tests.helpers import build, leaves
 from tests.models import ZooCase, cases
 
-ZOO = cases(exclude=("bench",))
+ZOO = cases(exclude=("bench", "impure"))
 IDS = [c.name for c in ZOO]
 
 

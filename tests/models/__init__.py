@@ -36,6 +36,8 @@ Tags in use:
 - ``autograd``: the forward calls ``torch.autograd.grad`` (replay refuses it).
 - ``mutates_input``: the forward writes into its input (give each run a copy).
 - ``stateful``: the forward reassigns a buffer or attribute (run a copy of the model).
+- ``impure``: ``mutates_input`` or ``stateful``; left out of ``regular_cases()`` and the
+  intervention zoo, whose tests run one model on one input several times.
 - ``bench``: benchmark sized; excluded from regular zoo iteration.
 
 HF cases (tag ``hf``) are always registered; their ``build`` raises

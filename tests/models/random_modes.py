@@ -228,13 +228,13 @@ def empty_filled():
     return _build(EmptyFilled(), 3, 6)
 
 
-@register("mutates_input", "modes", "inplace", "mutates_input")
+@register("mutates_input", "modes", "inplace", "mutates_input", "impure")
 def mutates_input():
     torch.manual_seed(0)
     return _build(MutatesInput(), 3, 6)
 
 
-@register("reassigns_state", "modes", "buffer", "stateful")
+@register("reassigns_state", "modes", "buffer", "stateful", "impure")
 def reassigns_state():
     torch.manual_seed(0)
     return _build(ReassignsState(), 3, 6)
