@@ -11,11 +11,11 @@ from torch import nn
 from tests.models import ZOO, ZooCase
 
 
-def regular_cases(impure: bool = False) -> list[ZooCase]:
-    """Every non-bench case; ``impure`` ones (the forward writes into its input or the
-    model) only when asked for, by tests that give each run fresh inputs and state."""
+def regular_cases(irregular: bool = False) -> list[ZooCase]:
+    """Every non-bench case; ``irregular`` ones (see tests/models/__init__.py) only when
+    asked for, by tests written for them."""
     return [c for c in ZOO.values() if "bench" not in c.tags
-            and (impure or "impure" not in c.tags)]
+            and (irregular or "irregular" not in c.tags)]
 
 
 def build(case: ZooCase) -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from ..errors import LoadError
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
@@ -83,3 +85,33 @@ def applied(mode: Mode | None) -> Iterator[None]:
 def needs_context(mode: Mode | None) -> bool:
     """Whether :func:`applied` would change anything now (fast path for replay)."""
     return mode is not None or bool(torch._C._is_any_autocast_enabled())
+
+
+def to_doc(mode: Mode | None) -> list[Any] | None:
+    """``mode`` as JSON: ``[grad, inference, [[device_type, dtype_name], ...]]``."""
+    if mode is None:
+        return None
+    return [mode.grad, mode.inference,
+            [[d, str(t).removeprefix("torch.")] for d, t in mode.autocast]]
+
+
+def from_doc(doc: Any, where: str) -> Mode | None:
+    """The mode :func:`to_doc` wrote; anything else is a :class:`LoadError`."""
+    if doc is None:
+        return None
+    bad = LoadError(f"{where}: expected [grad, inference, [[device_type, dtype], ...]], "
+                    f"got {doc!r:.120}.")
+    if not (isinstance(doc, list) and len(doc) == 3 and isinstance(doc[0], bool)
+            and isinstance(doc[1], bool) and isinstance(doc[2], list)):
+        raise bad
+    autocast = []
+    for pair in doc[2]:
+        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] in _AUTOCAST_DEVICES
+                and isinstance(pair[1], str) and pair[1].isidentifier()):
+            raise bad
+        dtype = vars(torch).get(pair[1])
+        if not isinstance(dtype, torch.dtype):
+            raise bad
+        autocast.append((pair[0], dtype))
+    key = (doc[0], doc[1], tuple(autocast))
+    return _INTERNED.setdefault(key, Mode(*key))

@@ -108,6 +108,12 @@ class Interpreter:
         if op.out_index:
             for k in op.out_index:
                 cached = cached[k]
+        if isinstance(cached, Tensor) and op.dtype is not None and cached.dtype != op.dtype:
+            raise ReplayError(
+                f"Replaying {op.label} ({op.func_name}) gave {cached.dtype}, but capture "
+                f"recorded {op.dtype}: the op ran under a mode (autocast) this trace does "
+                "not record, so replay would return different numbers. Re-capture it with "
+                "tl.trace and replay that trace.")
         return cached  # type: ignore[no-any-return]
 
     def execute(self, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -117,10 +123,11 @@ class Interpreter:
         state = op.rng
         if state is None and is_stochastic(op):
             raise ReplayError(
-                f"{op.label} ({op.func_name}) draws random numbers, but its trace holds no "
-                "generator state for it (traces loaded from disk do not keep one), so "
-                "replay cannot redraw what it drew at capture. Re-capture with tl.trace "
-                "and replay that trace, or use fork().rerun(model, x).")
+                f"{op.label} ({op.func_name}) draws random numbers and cannot be replayed: "
+                "its trace holds no generator state for it (traces loaded from disk do "
+                "not keep one), so replay cannot redraw what it drew at capture. "
+                "Re-capture with tl.trace and replay that trace, or use "
+                "fork().rerun(model, x).")
         if op.func is _AUTOGRAD_GRAD:
             raise ReplayError(
                 f"{op.label} is torch.autograd.grad: it runs the autograd engine over the "

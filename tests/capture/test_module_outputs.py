@@ -31,7 +31,7 @@ def test_module_outputs_equal_forward_hooks(case):
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("case", regular_cases(impure=True), ids=lambda c: c.name)
+@pytest.mark.parametrize("case", regular_cases(irregular=True), ids=lambda c: c.name)
 def test_every_zoo_model_validates(case, train):
     from tests.replay.test_zoo_exact import NEEDS_STORAGE_VERSIONS, same_state, state_of
 

@@ -36,8 +36,12 @@ Tags in use:
 - ``autograd``: the forward calls ``torch.autograd.grad`` (replay refuses it).
 - ``mutates_input``: the forward writes into its input (give each run a copy).
 - ``stateful``: the forward reassigns a buffer or attribute (run a copy of the model).
-- ``impure``: ``mutates_input`` or ``stateful``; left out of ``regular_cases()`` and the
-  intervention zoo, whose tests run one model on one input several times.
+- ``nan``: NaN payloads (compare with a NaN-aware equality).
+- ``uninitialised``: ``torch.empty`` payloads (garbage: compare metadata only).
+- ``irregular``: breaks an assumption the generic zoo tests make (``mutates_input``,
+  ``stateful``, ``nan``, ``uninitialised``, ``autograd``); left out of
+  ``regular_cases()`` and the intervention zoo, and checked by the tests written for
+  them (tests/replay, ``tl.validate`` on the whole zoo, tests/models/test_zoo.py).
 - ``bench``: benchmark sized; excluded from regular zoo iteration.
 
 HF cases (tag ``hf``) are always registered; their ``build`` raises

@@ -56,7 +56,7 @@ class Samplers(nn.Module):
     def forward(self, x):
         h = self.act(self.fc(x))
         mask = torch.bernoulli(torch.sigmoid(h))
-        idx = torch.multinomial(F.softmax(h, dim=-1), 2)
+        idx = torch.multinomial(F.softmax(h, dim=-1).abs().clamp_min(1e-3), 2)
         picked = h.gather(1, idx).sum(-1, keepdim=True)
         perm = torch.randperm(h.shape[-1])
         noise = torch.rand(h.shape) * 0.1
@@ -210,31 +210,32 @@ def no_grad_region():
     return _build(NoGradRegion(), 4, 6)
 
 
-@register("grad_in_forward", "modes", "autograd")
+@register("grad_in_forward", "modes", "autograd", "irregular")
 def grad_in_forward():
     torch.manual_seed(0)
     return _build(GradInForward(), 3, 4)
 
 
-@register("huge_and_nan", "modes", "internal_tensor")
+@register("huge_and_nan", "modes", "internal_tensor", "nan", "irregular")
 def huge_and_nan():
     torch.manual_seed(0)
     return _build(HugeAndNaN(), 3, 6)
 
 
-@register("empty_filled", "modes", "inplace", "internal_tensor")
+@register("empty_filled", "modes", "inplace", "internal_tensor", "uninitialised",
+          "irregular")
 def empty_filled():
     torch.manual_seed(0)
     return _build(EmptyFilled(), 3, 6)
 
 
-@register("mutates_input", "modes", "inplace", "mutates_input", "impure")
+@register("mutates_input", "modes", "inplace", "mutates_input", "irregular")
 def mutates_input():
     torch.manual_seed(0)
     return _build(MutatesInput(), 3, 6)
 
 
-@register("reassigns_state", "modes", "buffer", "stateful", "impure")
+@register("reassigns_state", "modes", "buffer", "stateful", "irregular")
 def reassigns_state():
     torch.manual_seed(0)
     return _build(ReassignsState(), 3, 6)

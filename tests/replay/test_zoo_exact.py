@@ -23,7 +23,7 @@ from lens.errors import ReplayError
 from tests.helpers import build, regular_cases
 from tests.interventions._zoo import same
 
-CASES = [(c, train) for c in regular_cases(impure=True) for train in (False, True)]
+CASES = [(c, train) for c in regular_cases(irregular=True) for train in (False, True)]
 IDS = [f"{c.name}-{'train' if train else 'eval'}" for c, train in CASES]
 # Capture bug 2 of issue 12 (branch w/views): a buffer first read by an in-place op
 # (BatchNorm's num_batches_tracked.add_(1) in train mode) is recorded after the write.
