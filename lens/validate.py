@@ -1,14 +1,22 @@
 """``tl.validate``: check, by re-execution, that every saved payload is the true value.
 
 Following the reference system's procedure: each op's recorded function is re-run on its
-parents' saved payloads and must reproduce the op's own payload; then each parent is
-replaced by random values, and the op's output must change (with exemptions for ops whose
-output legitimately ignores an input: shape-only ops, selections, multiplication by zero).
-The traced model's output must also equal an untraced run from the same RNG state.
+parents' saved payloads (through the one replay :class:`Interpreter`, so random ops redraw
+from their recorded generator state and every op runs under its recorded mode) and must
+reproduce the op's own payload; then each parent is perturbed and the op's output must
+change. The perturbation provably changes the parent (an offset at least as large as
+every value the op sees, so ``1e20`` operands do not absorb it), and ops whose output
+legitimately ignores an input are exempt with the reason in the report. The traced
+model's output must also equal an untraced run from the same RNG state.
+
+Each run gets a deep copy of the inputs and the model's state as it was (parameters,
+buffers, attributes the forward reassigns); the model and the caller's generators are left
+bit-identical.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +27,9 @@ from .capture import check_model
 from .capture.args import check_input_kwargs, check_options
 from .capture.records import OP
 from .errors import expect
-from .replay.interpreter import Interpreter, is_stochastic, tensors_equal
+from .replay.interpreter import Interpreter, tensors_equal
+from .replay.perturb import exemption, operands, perturbed, scale_of
+from .replay.state import ModelState
 from .trace import Op, Trace
 from .trace import trace as _trace
 
@@ -79,21 +89,68 @@ def validate(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     check_options("tl.validate", perturb=perturb)
     expect(seed, int, "tl.validate(..., seed=)", "an int")
     kwargs = dict(input_kwargs or {})
-    rng = torch.get_rng_state()
-    with torch.no_grad():
-        expected = model(*args, **kwargs)
-        torch.set_rng_state(rng)
-        tr = _trace(model, *args, input_kwargs=kwargs, save=True, keep_orphans=True)
-    report = ValidationReport(tr.model_name, trace=tr)
-    _check_outputs(tr, expected, report)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for op in tr.ops:
-            if op.kind == OP:
-                _check_op(tr, op, report, perturb, gen)
+    state = ModelState(model)
+    devices = _cuda_devices()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            expected, tr, note = _runs(model, args, kwargs, state)
+            report = ValidationReport(tr.model_name, trace=tr)
+            if note:
+                report.notes.append(note)
+            _check_outputs(tr, expected, report)
+            gen = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for op in tr.ops:
+                    if op.kind == OP:
+                        _check_op(tr, op, report, perturb, gen)
+        finally:
+            state.restore()
     return report
 
 
+def _runs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+          state: ModelState) -> tuple[Any, Trace, str]:
+    """An untraced and a traced run from the same RNG state and model state, each on
+    its own copy of the inputs; with grad enabled if the forward needs it."""
+    start = torch.get_rng_state()
+
+    def both() -> tuple[Any, Trace]:
+        torch.set_rng_state(start)
+        expected = model(*copy.deepcopy(args), **copy.deepcopy(kwargs))
+        state.restore()
+        torch.set_rng_state(start)
+        a, kw = copy.deepcopy(args), copy.deepcopy(kwargs)
+        tr = _trace(model, *a, input_kwargs=kw, save=True, keep_orphans=True)
+        _own_payloads(tr, state.storages())
+        state.restore()
+        return expected, tr
+
+    try:
+        with torch.no_grad():
+            return (*both(), "")
+    except RuntimeError as e:  # e.g. a forward that calls torch.autograd.grad
+        state.restore()
+        with torch.enable_grad():
+            expected, tr = both()
+        return expected, tr, (f"ran with grad enabled: under torch.no_grad() the forward "
+                              f"raised {type(e).__name__}: {str(e)[:120]}")
+
+
+def _own_payloads(tr: Trace, written: set[int]) -> None:
+    """Payloads that share storage with the model's tensors (buffers, written in place
+    by the forward or not) are copied, so putting the model back leaves them alone."""
+    if not written:
+        return
+    for op in tr.ops[0]._ops if tr.ops else ():
+        p = op.payload
+        if isinstance(p, Tensor) and p.untyped_storage().data_ptr() in written:
+            op.payload = p.clone()
+
+
+def _cuda_devices() -> list[int]:
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        return [torch.cuda.current_device()]
+    return []
 def _check_outputs(tr: Trace, expected: Any, report: ValidationReport) -> None:
     from .capture.engine import _tensor_leaves
 
@@ -120,8 +177,9 @@ def _check_outputs(tr: Trace, expected: Any, report: ValidationReport) -> None:
 
 def _check_op(tr: Trace, op: Op, report: ValidationReport, perturb: bool,
               gen: torch.Generator) -> None:
-    if is_stochastic(op):
-        report.exempt.append((op.label, "stochastic op"))
+    if op.func is torch.autograd.grad:
+        report.exempt.append((op.label, "torch.autograd.grad runs the autograd engine over "
+                                        "the capture's graph; it is not re-executable"))
         return
     interp = Interpreter(tr)
     try:
@@ -130,40 +188,47 @@ def _check_op(tr: Trace, op: Op, report: ValidationReport, perturb: bool,
         report.failures.append((op.label, f"re-execution raised {type(e).__name__}: {e}"))
         return
     report.checked += 1
+    if op.func_name in _UNINITIALISED:
+        same = again.shape == op.out.shape and again.dtype == op.out.dtype
+        if not same:
+            report.failures.append((op.label, "re-execution gives another shape or dtype"))
+        report.exempt.append((op.label, "uninitialised memory: metadata compared only"))
+        return
     if not tensors_equal(again, op.out):
         report.failures.append((op.label, "re-executing the recorded function on the "
                                           "parents' saved outputs does not reproduce it"))
         return
-    if not perturb:
+    if perturb:
+        for parent_call in op.parent_idx:
+            _perturb_one(tr, op, parent_call, report, gen)
+
+
+def _perturb_one(tr: Trace, op: Op, parent_call: int, report: ValidationReport,
+                 gen: torch.Generator) -> None:
+    parent = tr._by_call[parent_call]
+    p = parent.out
+    if not isinstance(p, Tensor) or not p.is_floating_point() or p.numel() == 0:
         return
-    for parent_call in op.parent_idx:
-        parent = tr._by_call[parent_call]
-        p = parent.out
-        if not isinstance(p, Tensor) or not p.is_floating_point() or p.numel() == 0:
-            continue
-        spread = p.detach().float().std().nan_to_num(1.0).item() if p.numel() > 1 else 1.0
-        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) * (
-            max(spread, 1e-3) + 1.0) + 0.5
-        perturbed = Interpreter(tr, values={parent_call: noise})
+    # first an offset at the parent's own scale, then at the scale of everything the op sees
+    for scale in (scale_of([p]), scale_of([p, op.out, *operands(tr, op)])):
         try:
-            changed = perturbed.call_function(op)
+            changed = Interpreter(tr, values={parent_call: perturbed(p, scale, gen)}
+                                  ).call_function(op)
         except Exception:  # noqa: BLE001 - the perturbed value was not a legal input
             report.exempt.append((op.label, f"perturbing {parent.label} makes it invalid"))
-            continue
-        report.perturbed += 1
-        if tensors_equal(changed, op.out):
-            if _may_ignore(op, parent_call):
-                report.exempt.append((op.label, f"output ignores values of {parent.label}"))
-            else:
-                report.failures.append((op.label, f"output did not change when parent "
-                                                  f"{parent.label} was perturbed"))
+            return
+        if not tensors_equal(changed, op.out):
+            report.perturbed += 1
+            return
+    report.perturbed += 1
+    why = exemption(tr, op, parent_call)
+    if why is None and (op.func_name in _MAY_IGNORE or op.type in _MAY_IGNORE):
+        why = "the op can ignore an input's values (shape-only, selection or saturation)"
+    if why is not None:
+        report.exempt.append((op.label, f"output ignores values of {parent.label}: {why}"))
+    else:
+        report.failures.append((op.label, f"output did not change when parent "
+                                          f"{parent.label} was perturbed"))
 
 
-def _may_ignore(op: Op, parent_call: int) -> bool:
-    if op.func_name in _MAY_IGNORE or op.type in _MAY_IGNORE:
-        return True
-    out = op.out
-    if out.numel() == 0 or not out.is_floating_point():
-        return True
-    flat = out.reshape(-1)
-    return bool((flat == flat[0]).all())  # constant output (e.g. multiplied by zero)
+_UNINITIALISED = frozenset({"empty", "empty_like", "new_empty", "empty_strided"})

@@ -11,8 +11,11 @@ from torch import nn
 from tests.models import ZOO, ZooCase
 
 
-def regular_cases() -> list[ZooCase]:
-    return [c for c in ZOO.values() if "bench" not in c.tags]
+def regular_cases(irregular: bool = False) -> list[ZooCase]:
+    """Every non-bench case; ``irregular`` ones (see tests/models/__init__.py) only when
+    asked for, by tests written for them."""
+    return [c for c in ZOO.values() if "bench" not in c.tags
+            and (irregular or "irregular" not in c.tags)]
 
 
 def build(case: ZooCase) -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from . import funcs
+from . import funcs, modes, rng
 from .model_index import ModelIndex
 from .records import (
     BUFFER,
@@ -160,6 +160,9 @@ class Recorder(TorchFunctionMode):
         self.next_call_id = 0
         self.halted = False
         self.thread = threading.get_ident()  # the thread running the forward (see attached)
+        # how the call being recorded runs: generator state if it draws, its mode
+        self._draw: rng.RngState | None = None
+        self._mode: modes.Mode | None = None
 
     # ------------------------------------------------------------------ recording
     def _new(self, kind: str, func: Any, name: str, type_: str, args: tuple[Any, ...],
@@ -270,6 +273,9 @@ class Recorder(TorchFunctionMode):
                 self._before_inplace(args[mutated])
         if "out" in kwargs:
             self._before_inplace(kwargs["out"])
+        self._draw = (rng.snapshot(kwargs) if fi.random and rng.draws(fi.name, args, kwargs)
+                      else None)
+        self._mode = modes.current()
         t0 = perf_counter()
         out = func(*args, **kwargs)
         elapsed = perf_counter() - t0
@@ -304,6 +310,7 @@ class Recorder(TorchFunctionMode):
         self.next_call_id += 1
         op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, out, params,
                        elapsed, (), self.next_call_id, mutated)
+        op.rng, op.mode = self._draw, self._mode
         if self.code_context:
             op.code = _user_frame()
         if self.interceptors:
@@ -345,6 +352,7 @@ class Recorder(TorchFunctionMode):
         for path, t in leaves:
             op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, t, params,
                            elapsed, path, call_id, None)
+            op.rng, op.mode = self._draw, self._mode
             if self.code_context:
                 op.code = _user_frame()
             try:

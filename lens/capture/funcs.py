@@ -11,6 +11,7 @@ import inspect
 from typing import Any, NamedTuple
 
 from ..selectors import normalize_op_type
+from .rng import may_draw
 
 # In-place dunder operators (modify their first argument).
 _INPLACE_DUNDERS = frozenset({
@@ -26,6 +27,7 @@ class FuncInfo(NamedTuple):
     inplace_arg: int | None  # the argument this call always modifies in place
     inplace_flag: int | None  # position of an ``inplace=`` parameter, if any
     query: bool = False  # a metadata query that never returns a tensor (shape, dim, ...)
+    random: bool = False  # may draw random numbers (see lens.capture.rng)
 
 
 # Tensor methods and properties that only read metadata: the engine passes them straight
@@ -91,7 +93,7 @@ def _compute(func: Any) -> FuncInfo:
     # only Tensor methods and property getters (bound to a class or a descriptor)
     query = name in _QUERIES and (getattr(func, "__self__", None) is not None
                                   or getattr(func, "__objclass__", None) is not None)
-    return FuncInfo(name, op_type(name), inplace_arg, flag, query)
+    return FuncInfo(name, op_type(name), inplace_arg, flag, query, may_draw(name))
 
 
 def mutated_arg(fi: FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:

@@ -12,6 +12,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .modes import Mode
+from .rng import RngState
+
 # The kind of a record. 'op' is an executed torch call; the others are graph sources
 # or sinks that lens adds itself.
 OP, INPUT, OUTPUT, BUFFER, CONSTANT, IDENTITY = (
@@ -74,6 +77,8 @@ class OpRecord:
         "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
         "output_of", "params", "elapsed", "out_index", "call_id", "mutates",
         "address", "fired", "code", "bool_used", "_ops", "_saved", "__weakref__",
+        # how the op ran: generator state before a random op, non-default grad/autocast
+        "rng", "mode",
     )
 
     def __init__(self, ops: list[Any], call_index: int, kind: str, func: Any,
@@ -113,3 +118,5 @@ class OpRecord:
         self.fired: list[Any] = []
         self.code: Any = None
         self.bool_used = False
+        self.rng: RngState | None = None
+        self.mode: Mode | None = None

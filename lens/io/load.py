@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..capture import modes
 from ..capture.records import OP, ModuleCallRecord, ParamRef, Ref
 from ..errors import LoadError, ReplayError
 from ..trace import Layer, Op, Trace
@@ -248,6 +249,7 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
     op.fired = [Repr(s) for s in r.texts("fired")]
     op.code = decode(r.raw("code"), f"{r.where}.code")
     op.bool_used = r.flag("bool_used")
+    op.mode = modes.from_doc(r.obj.get("mode"), f"{r.where}.mode")
     grad_key = r.text("grad", optional=True)
     if grad_key is not None:
         op.grad = _tensor(tensors, grad_key, r.where)

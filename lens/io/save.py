@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..capture import modes
 from ..errors import LensError, LoadError, SaveError
 from ..trace import Op, Trace
 from . import names
@@ -272,6 +273,7 @@ def _op(op: Op, call_pos: dict[int, int], store: TensorStore) -> dict[str, Any]:
         "fired": [repr(f) for f in op.fired],
         "code": encode(op.code),
         "bool_used": bool(op.bool_used),
+        "mode": modes.to_doc(op.mode),
     }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..capture import modes, rng
 from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, ParamRef, Ref
 from ..errors import PayloadError, ReplayError
 from ..trace import Op, Trace
@@ -98,7 +99,7 @@ class Interpreter:
                 args = tuple(args)
             if isinstance(kwargs.get("out"), Tensor):
                 kwargs["out"] = kwargs["out"].clone()
-            out = op.func(*args, **kwargs)
+            out = self.execute(op, args, kwargs)
             if out is None and mutated is not None:
                 out = args[mutated]
             if op.out_index:
@@ -107,7 +108,39 @@ class Interpreter:
         if op.out_index:
             for k in op.out_index:
                 cached = cached[k]
+        if isinstance(cached, Tensor) and op.dtype is not None and cached.dtype != op.dtype:
+            raise ReplayError(
+                f"Replaying {op.label} ({op.func_name}) gave {cached.dtype}, but capture "
+                f"recorded {op.dtype}: the op ran under a mode (autocast) this trace does "
+                "not record, so replay would return different numbers. Re-capture it with "
+                "tl.trace and replay that trace.")
         return cached  # type: ignore[no-any-return]
+
+    def execute(self, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call ``op``'s function as capture did: under its recorded mode (autocast,
+        grad) and, for a random op, from its recorded generator state. Every re-execution
+        (fork replay, sweeps, validate, facet edits) goes through here."""
+        state = op.rng
+        if state is None and is_stochastic(op):
+            raise ReplayError(
+                f"{op.label} ({op.func_name}) draws random numbers and cannot be replayed: "
+                "its trace holds no generator state for it (traces loaded from disk do "
+                "not keep one), so replay cannot redraw what it drew at capture. "
+                "Re-capture with tl.trace and replay that trace, or use "
+                "fork().rerun(model, x).")
+        if op.func is _AUTOGRAD_GRAD:
+            raise ReplayError(
+                f"{op.label} is torch.autograd.grad: it runs the autograd engine over the "
+                "graph built at capture, which replay does not rebuild, so it cannot be "
+                "recomputed from saved values. Use fork().rerun(model, x) to apply this "
+                "edit live.")
+        if state is None and not modes.needs_context(op.mode):
+            return op.func(*args, **kwargs)
+        with modes.applied(op.mode):
+            if state is None:
+                return op.func(*args, **kwargs)
+            with rng.restored(state, kwargs) as kw:
+                return op.func(*args, **kw)
 
 
 def downstream(trace: Trace, sources: Iterable[int]) -> list[Op]:
@@ -127,25 +160,12 @@ def downstream(trace: Trace, sources: Iterable[int]) -> list[Op]:
 
 
 def is_stochastic(op: Op) -> bool:
-    """Ops whose recomputation draws new random numbers."""
+    """Ops whose recomputation draws random numbers (see :mod:`lens.capture.rng`)."""
     name = op.func_name
-    if name in _RANDOM:
-        return True
-    if "dropout" in name:
-        training = op.kwargs.get("training", op.args[2] if len(op.args) > 2 else True)
-        p = op.kwargs.get("p", op.args[1] if len(op.args) > 1 else 0.5)
-        return bool(training) and p != 0
-    if name == "scaled_dot_product_attention":
-        p = op.kwargs.get("dropout_p", op.args[4] if len(op.args) > 4 else 0.0)
-        return bool(p)
-    return False
+    return op.kind == OP and rng.may_draw(name) and rng.draws(name, op.args, op.kwargs)
 
 
-_RANDOM = frozenset({
-    "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like",
-    "bernoulli", "bernoulli_", "multinomial", "normal", "normal_", "uniform_", "poisson",
-    "exponential_", "geometric_", "log_normal_", "cauchy_", "random_", "rrelu", "rrelu_",
-})
+_AUTOGRAD_GRAD = torch.autograd.grad
 
 
 def tensors_equal(a: Any, b: Any) -> bool:

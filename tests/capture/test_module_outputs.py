@@ -30,10 +30,20 @@ def test_module_outputs_equal_forward_hooks(case):
         assert torch.equal(g.detach(), w.detach())
 
 
-@pytest.mark.parametrize("case", regular_cases(), ids=lambda c: c.name)
-def test_every_zoo_model_validates(case):
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("case", regular_cases(irregular=True), ids=lambda c: c.name)
+def test_every_zoo_model_validates(case, train):
+    from tests.replay.test_zoo_exact import NEEDS_STORAGE_VERSIONS, same_state, state_of
+
+    if (case.name, train) in NEEDS_STORAGE_VERSIONS:
+        pytest.skip("needs storage-version tracking for buffers written in place (w/views)")
     model, args, kwargs = build(case)
+    model.train(train)
+    before = state_of(model)
     torch.manual_seed(0)
+    rng = torch.get_rng_state()
     report = tl.validate(model, *args, input_kwargs=kwargs)
     assert report, str(report)
     assert report.checked > 0
+    assert same_state(before, state_of(model)), "validate changed the model"
+    assert torch.equal(torch.get_rng_state(), rng), "validate moved the caller's generator"

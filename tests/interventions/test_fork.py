@@ -106,24 +106,33 @@ def test_dropout_in_training_mode_replays_its_recorded_mask(site: str) -> None:
     assert not torch.equal(f.output, src.output)
 
 
-def test_dropout_without_recorded_state_uses_the_mask_or_says_what_to_do() -> None:
+def test_dropout_replays_its_draws_from_the_state_recorded_per_op() -> None:
     model, x = _net(train=True)
     torch.manual_seed(11)
-    src = tl.trace(model, x)  # all payloads, but no random state recorded
-    torch.manual_seed(11)
-    live = tl.trace(model, x, intervene=li.when("fc:1", li.scale(0.5)))
-    f = src.fork().intervene("fc:1", li.scale(0.5)).replay()  # dropout is upstream
-    assert torch.equal(f.output, live.output)
-    with pytest.raises(ReplayError, match="intervention_ready=True"):
-        src.fork().intervene("block.0", li.scale(0.5)).replay()  # relu zeros: mask unknown
+    src = tl.trace(model, x)  # not intervention_ready: each random op still has its state
+    for site in ("fc:1", "block.0"):  # dropout downstream of both (relu zeros included)
+        torch.manual_seed(11)
+        live = tl.trace(model, x, intervene=li.when(site, li.scale(0.5)))
+        f = src.fork().intervene(site, li.scale(0.5)).replay()
+        assert torch.equal(f.output, live.output), site
 
 
-def test_dropout_mask_read_off_payloads_is_exact_where_inputs_are_nonzero() -> None:
+def test_random_op_without_recorded_state_refuses_to_replay() -> None:
+    model, x = _net(train=True)
+    src = tl.trace(model, x)
+    drop = next(op for op in src.ops if op.func_name == "dropout")
+    drop.rng = None  # as a trace from a source that kept no generator state
+    with pytest.raises(ReplayError, match=rf"{drop.label} \(dropout\) draws random numbers"):
+        src.fork().intervene("block.0", li.scale(0.5)).replay()
+
+
+def test_dropout_state_read_off_each_op_survives_other_random_calls() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5), nn.Linear(6, 2)).train()
     x = torch.randn(8, 6)
     torch.manual_seed(4)
-    src = tl.trace(model, x)  # no recorded random state: the mask comes from payloads
+    src = tl.trace(model, x)
+    torch.rand(100)  # the caller's stream moves on; replay does not depend on it
     f = src.fork().intervene("0", li.scale(-2.0)).replay()
     torch.manual_seed(4)
     assert torch.equal(f.output, li.run(model, x, intervene=li.when("0", li.scale(-2.0))))

@@ -31,6 +31,17 @@ Tags in use:
   and ``torch.no_grad()`` runs (nn.LSTM kernels; nn.MultiheadAttention fast
   path under no_grad).  Each mode alone is deterministic: compare a capture
   against a reference run in the same grad mode, or use a tolerance.
+- ``modes``: random composites, autocast/no_grad regions, autograd.grad in forward,
+  extreme operands (``random_modes.py``).
+- ``autograd``: the forward calls ``torch.autograd.grad`` (replay refuses it).
+- ``mutates_input``: the forward writes into its input (give each run a copy).
+- ``stateful``: the forward reassigns a buffer or attribute (run a copy of the model).
+- ``nan``: NaN payloads (compare with a NaN-aware equality).
+- ``uninitialised``: ``torch.empty`` payloads (garbage: compare metadata only).
+- ``irregular``: breaks an assumption the generic zoo tests make (``mutates_input``,
+  ``stateful``, ``nan``, ``uninitialised``, ``autograd``); left out of
+  ``regular_cases()`` and the intervention zoo, and checked by the tests written for
+  them (tests/replay, ``tl.validate`` on the whole zoo, tests/models/test_zoo.py).
 - ``bench``: benchmark sized; excluded from regular zoo iteration.
 
 HF cases (tag ``hf``) are always registered; their ``build`` raises
@@ -40,7 +51,7 @@ ImportError when transformers is missing (use ``pytest.importorskip``).
 from __future__ import annotations
 
 # Importing the topical modules populates ZOO.
-from . import attention, cnn, hf, misc, recurrent, seeds  # noqa: F401
+from . import attention, cnn, hf, misc, random_modes, recurrent, seeds  # noqa: F401
 from ._registry import ZOO, ZooCase, cases, get, hf_available, register
 from .hf import gpt2_small_shaped
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -29,6 +31,10 @@ def _flatten(obj, prefix="out"):
 
 
 def _run(case: ZooCase, model: nn.Module, args, kwargs):
+    if case.has("stateful"):  # the forward changes the model: run a copy of it
+        model = copy.deepcopy(model)
+    if case.has("mutates_input"):  # the forward writes into its input: give it a copy
+        args, kwargs = copy.deepcopy((args, kwargs))
     torch.manual_seed(0)  # needed for 'random' cases; harmless for the rest
     with torch.no_grad():
         return model(*args, **kwargs)
@@ -101,6 +107,10 @@ def test_grad_mode_insensitive(case: ZooCase):
     model, args, kwargs = case.build()
     ref = _run(case, model, args, kwargs)
     torch.manual_seed(0)
+    if case.has("stateful"):
+        model = copy.deepcopy(model)
+    if case.has("mutates_input"):
+        args, kwargs = copy.deepcopy((args, kwargs))
     with torch.enable_grad():
         out = model(*args, **kwargs)
     out = [(k, t.detach() if isinstance(t, torch.Tensor) else t) for k, t in _flatten(out)]
