@@ -282,19 +282,55 @@ class Recorder(TorchFunctionMode):
         op of that op and the writes. None when a write cannot be replayed (a side effect,
         or a write lens did not see): ``t`` then enters the graph as a new source."""
         writes = self.store.since(t, hit[0])
-        if not writes or any(w.opaque for w in writes):
+        if writes is None or any(w.opaque for w in writes):
             del self.tensor_map[id(t)]
             return None
+        if not writes:  # the writes missed t's elements: it still reads as before
+            hit = (*hit[:3], storage.version(t))
+            self.tensor_map[id(t)] = hit
+            return hit
         with torch._C.DisableTorchFunction():  # also called from module hooks
             kwargs = storage.refresh_layout(t, writes)
+        chain = self._view_chain(hit[0])
+        for w in writes:
+            chain += self._view_chain(self._written_arg(w.op))
+        kwargs["views"] = tuple(sorted(set(chain)))
         args = (hit[2], *[Ref(w.op) for w in writes])
         parents = tuple(dict.fromkeys((hit[0], *[w.op for w in writes])))
-        op = self._new(OP, storage.refresh, "refresh", "refresh", args, kwargs, parents, t)
-        if self.interceptors:
-            self.current_inputs = ((t,), {})
-            with torch._C.DisableTorchFunction():
-                self._after(op, t)
+        # Not offered to interceptors: it records the model's tensor after a write, not a
+        # call the model made (edit the write, or an op reading the tensor, instead).
+        self.next_call_id += 1
+        op = self._new(OP, storage.refresh, "refresh", "refresh", args, kwargs, parents, t,
+                       call_id=self.next_call_id)
+        if self.halt is not None and self.halt(op):
+            self.halted = True
+            raise Halt()
         return self.tensor_map[id(t)]
+
+    def _written_arg(self, idx: int) -> int:
+        """The op that produced the tensor op ``idx`` wrote into."""
+        rec = self.ops[idx]
+        target = rec.args[rec.mutates] if rec.mutates is not None else rec.kwargs.get("out")
+        return target.op if isinstance(target, Ref) else idx
+
+    def _view_chain(self, idx: int) -> list[int]:
+        """Ops between ``idx`` and the op that made its storage, walking up through views,
+        in-place ops and refreshes (the view ops and refreshes are returned)."""
+        chain: list[int] = []
+        rec = self.ops[idx]
+        while rec.kind == OP:
+            if rec.mutates is not None:
+                nxt = self._written_arg(rec.call_index)
+            elif (rec.func is storage.refresh or rec.func_name in storage.VIEW_NAMES) \
+                    and rec.args and isinstance(rec.args[0], Ref):
+                chain.append(rec.call_index)
+                nxt = rec.args[0].op
+            else:
+                break
+            if nxt == rec.call_index:
+                break
+            rec = self.ops[nxt]
+        return chain
 
     def _written(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any],
                  mutated: int | None) -> list[tuple[Tensor, bool]]:
@@ -389,13 +425,11 @@ class Recorder(TorchFunctionMode):
         for hook in self.interceptors:
             new = hook(op, out)
             if new is not out:
-                if op.mutates is not None or op.func is storage.refresh:
+                if op.mutates is not None:
                     # In place: the model goes on using the tensor it mutated, so the
                     # replacement is written into it (copy on write for saved payloads).
                     self._before_inplace(out)
                     out.copy_(new)
-                    if op.func is storage.refresh:  # a write of its own, seen by other views
-                        self.store.wrote(out, op.call_index)
                     hit = self.tensor_map[id(out)]
                     self.tensor_map[id(out)] = (*hit[:3], storage.version(out))
                 else:

@@ -60,6 +60,21 @@ def geometry(t: Tensor) -> Geometry:
     return tuple(t.shape), tuple(t.stride()), int(t.storage_offset())
 
 
+def _span(g: Geometry) -> tuple[int, int]:
+    size, stride, offset = g
+    if not all(size):
+        return offset, offset - 1  # empty: overlaps nothing
+    lo = offset + sum((n - 1) * d for n, d in zip(size, stride, strict=True) if d < 0)
+    hi = offset + sum((n - 1) * d for n, d in zip(size, stride, strict=True) if d > 0)
+    return lo, hi
+
+
+def may_overlap(a: Geometry, b: Geometry) -> bool:
+    """Whether two layouts of one storage can share an element (their spans meet)."""
+    (alo, ahi), (blo, bhi) = _span(a), _span(b)
+    return alo <= bhi and blo <= ahi
+
+
 class StorageLog:
     """Writes per storage and kept payloads per storage, for one capture."""
 
@@ -108,13 +123,18 @@ class StorageLog:
         self.writes.setdefault(k, []).append(Write(op, geometry(target), target.dtype, opaque))
         self._write_ops.setdefault(k, []).append(op)
 
-    def since(self, t: Tensor, op: int) -> list[Write]:
-        """Writes into ``t``'s storage made after op ``op`` (the op ``t`` is mapped to)."""
+    def since(self, t: Tensor, op: int) -> list[Write] | None:
+        """Writes into ``t``'s elements made after op ``op`` (the op ``t`` is mapped to);
+        None when ``t``'s version moved but no write lens saw reached its storage."""
         k = key(t)
         ops = self._write_ops.get(k) if k is not None else None
         if not ops or k is None:
-            return []
-        return self.writes[k][bisect_right(ops, op):]
+            return None
+        found = self.writes[k][bisect_right(ops, op):]
+        if not found:
+            return None
+        mine = geometry(t)
+        return [w for w in found if w.opaque or may_overlap(mine, w.geometry)]
 
     def freeze(self, external: Iterable[Tensor], held: Callable[[int], Tensor | None],
                replace: Callable[[int, Tensor], None]) -> None:
@@ -147,11 +167,14 @@ def refresh_layout(target: Tensor, writes: list[Write]) -> dict[str, Any]:
 
 
 def refresh(target: Tensor, *written: Tensor, layout: tuple[Geometry, ...], extent: int,
-            same_dtype: bool = True) -> Tensor:
+            same_dtype: bool = True, views: tuple[int, ...] = ()) -> Tensor:
     """``target`` as it reads after ``written`` were written into views of its storage.
 
     ``layout`` gives the geometry of ``target`` then of each written tensor, with storage
     offsets relative to the lowest of them; ``extent`` is the span of storage they cover.
+    ``views`` (not used here) lists the view ops that tie ``target`` and the written
+    tensors to the storage: editing one replaces its tensor with a new one, which cuts
+    it off the storage, so replay refuses such edits (see ``severing_edits``).
     """
     if not same_dtype:
         raise ValueError(
@@ -164,6 +187,31 @@ def refresh(target: Tensor, *written: Tensor, layout: tuple[Geometry, ...], exte
         buf = buf.index_put((where,), value.reshape(-1).to(buf.dtype))
     size, stride, offset = layout[0]
     return buf[positions.as_strided(size, stride, offset).reshape(-1)].reshape(size)
+
+
+# Ops whose output may share storage with their first argument: editing one hands the
+# model a new tensor in place of a view, so later writes no longer reach the base.
+VIEW_NAMES = frozenset({
+    "__getitem__", "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten",
+    "transpose", "t", "T", "mT", "H", "mH", "permute", "movedim", "moveaxis", "swapaxes",
+    "swapdims", "narrow", "select", "unsqueeze", "squeeze", "expand", "expand_as",
+    "as_strided", "diagonal", "unfold", "split", "split_with_sizes", "tensor_split",
+    "chunk", "unbind", "hsplit", "vsplit", "dsplit", "real", "imag", "view_as_real",
+    "view_as_complex", "detach", "alias", "contiguous", "to", "type_as",
+})
+
+
+def severing_edits(records: list[Any], edited: Iterable[int]) -> list[tuple[int, int]]:
+    """(edited op, refresh op) pairs where an edit would cut a view off its storage, or
+    edits a refresh op itself (lens's record of a tensor after a write, not a model call)."""
+    edited = set(edited)
+    found = []
+    for rec in records:
+        if rec.func is refresh:
+            for ci in (rec.call_index, *rec.kwargs.get("views", ())):
+                if ci in edited:
+                    found.append((ci, rec.call_index))
+    return found
 
 
 Slot = int | str  # a positional argument, or a keyword

@@ -30,7 +30,14 @@ def test_module_outputs_equal_forward_hooks(case):
         assert torch.equal(g.detach(), w.detach())
 
 
-@pytest.mark.parametrize("case", regular_cases(), ids=lambda c: c.name)
+def _validate_pending(case):
+    # The integrator removes these marks when the validate rewrite (w/rngval) lands.
+    mark = pytest.mark.xfail(reason="validate rewrite pending (w/rngval)", strict=True)
+    return pytest.param(case, marks=mark) if "validate_pending" in case.tags else case
+
+
+@pytest.mark.parametrize("case", [_validate_pending(c) for c in regular_cases()],
+                         ids=lambda c: c.name)
 def test_every_zoo_model_validates(case):
     model, args, kwargs = build(case)
     torch.manual_seed(0)

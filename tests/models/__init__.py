@@ -32,6 +32,16 @@ Tags in use:
   path under no_grad).  Each mode alone is deterministic: compare a capture
   against a reference run in the same grad mode, or use a tolerance.
 - ``bench``: benchmark sized; excluded from regular zoo iteration.
+- ``view_write``: writes into a tensor through a view, then reads the base or another
+  view (tests/models/mutation.py).
+- ``train``: built in train mode (BatchNorm running stats change on every run; the
+  output does not depend on them).
+- ``mutates_input``: forward writes into its input (``x += 1``): every run needs a fresh
+  copy of the inputs, so the generic zoo iterations (which rerun on the same inputs)
+  leave it out; tests/capture/test_views.py covers it.
+- ``validate_pending``: tl.validate gives a false alarm (train-mode running stats,
+  uninitialised ``empty`` outputs, input mutation) that the validate rewrite fixes.
+- ``moe``: mixture-of-experts routing (HF Mixtral, Qwen2-MoE, OLMoE).
 
 HF cases (tag ``hf``) are always registered; their ``build`` raises
 ImportError when transformers is missing (use ``pytest.importorskip``).
@@ -40,7 +50,7 @@ ImportError when transformers is missing (use ``pytest.importorskip``).
 from __future__ import annotations
 
 # Importing the topical modules populates ZOO.
-from . import attention, cnn, hf, misc, recurrent, seeds  # noqa: F401
+from . import attention, cnn, hf, misc, mutation, recurrent, seeds  # noqa: F401
 from ._registry import ZOO, ZooCase, cases, get, hf_available, register
 from .hf import gpt2_small_shaped
 
