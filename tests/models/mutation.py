@@ -102,7 +102,7 @@ class InputClamp(nn.Module):
 
     def forward(self, x):
         x.clamp_(-1.0, 1.0)
-        x[:, 0] = 0.0
+        x[:, 0].zero_()  # through a view of the input
         return self.fc(x) + x
 
 
