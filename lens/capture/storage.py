@@ -160,33 +160,51 @@ def refresh_layout(target: Tensor, writes: list[Write]) -> dict[str, Any]:
     geoms = [geometry(target), *(w.geometry for w in writes)]
     base = min(g[2] for g in geoms)
     layout = tuple((s, st, off - base) for s, st, off in geoms)
-    extent = max(off + sum((n - 1) * abs(d) for n, d in zip(s, st, strict=True)) + 1
-                 if all(s) else 0 for s, st, off in layout)
     same = all(w.dtype == target.dtype for w in writes)
-    return {"layout": layout, "extent": max(extent, 1), "same_dtype": same}
+    return {"layout": layout, "same_dtype": same}
 
 
-def refresh(target: Tensor, *written: Tensor, layout: tuple[Geometry, ...], extent: int,
+def refresh(target: Tensor, *written: Tensor, layout: tuple[Geometry, ...],
             same_dtype: bool = True, views: tuple[int, ...] = ()) -> Tensor:
     """``target`` as it reads after ``written`` were written into views of its storage.
 
-    ``layout`` gives the geometry of ``target`` then of each written tensor, with storage
-    offsets relative to the lowest of them; ``extent`` is the span of storage they cover.
-    ``views`` (not used here) lists the view ops that tie ``target`` and the written
-    tensors to the storage: editing one replaces its tensor with a new one, which cuts
-    it off the storage, so replay refuses such edits (see ``severing_edits``).
+    ``layout`` gives the geometry (size, stride, storage offset) of ``target`` then of
+    each written tensor, offsets relative to the lowest of them. Each element of
+    ``target`` takes the value of the last write that covers its storage position.
+    Memory is proportional to the tensors' sizes (checked against ``layout``), never to
+    a recorded offset. ``views`` (not used here) lists the view ops that tie ``target``
+    and the written tensors to the storage: editing one replaces its tensor with a new
+    one, which cuts it off the storage, so replay refuses such edits.
     """
     if not same_dtype:
         raise ValueError(
             "a write through a view of another dtype (x.view(torch.int32)...) cannot be "
             "recomputed element by element; edit an op after the write instead")
-    positions = torch.arange(extent, device=target.device)
-    buf = target.new_zeros(extent)
-    for value, (size, stride, offset) in zip((target, *written), layout, strict=True):
-        where = positions.as_strided(size, stride, offset).reshape(-1)
-        buf = buf.index_put((where,), value.reshape(-1).to(buf.dtype))
-    size, stride, offset = layout[0]
-    return buf[positions.as_strided(size, stride, offset).reshape(-1)].reshape(size)
+    tensors = (target, *written)
+    if len(layout) != len(tensors) or any(
+            tuple(t.shape) != tuple(g[0]) or len(g[1]) != t.dim()
+            for t, g in zip(tensors, layout, strict=False)):
+        raise ValueError("the recorded layout does not match the shapes of the tensors")
+    where = _positions(layout[0], target.device).reshape(-1)
+    out = target.reshape(-1)
+    for value, geom in zip(written, layout[1:], strict=True):
+        pos = _positions(geom, target.device).reshape(-1)
+        if pos.numel() == 0:
+            continue
+        ordered, order = pos.sort()
+        at = torch.searchsorted(ordered, where).clamp_(max=pos.numel() - 1)
+        hit = ordered[at] == where
+        out = torch.where(hit, value.reshape(-1)[order[at]].to(out.dtype), out)
+    return out.reshape(target.shape)
+
+
+def _positions(geom: Geometry, device: torch.device) -> Tensor:
+    """Storage position of every element of a tensor laid out as ``geom``."""
+    size, stride, offset = geom
+    pos = torch.full((), offset, dtype=torch.long, device=device)
+    for n, d in zip(size, stride, strict=True):
+        pos = pos.unsqueeze(-1) + torch.arange(n, device=device) * d
+    return pos
 
 
 # Ops whose output may share storage with their first argument: editing one hands the
