@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from . import funcs, modes, rng
+from . import funcs, modes, rng, storage
 from .model_index import ModelIndex
 from .records import (
     BUFFER,
@@ -147,8 +147,11 @@ class Recorder(TorchFunctionMode):
         # return the same tensor (a Sequential returns its last child's output).
         self._exit_wait: dict[int, list[int]] = {}
         # id(tensor) -> (producing op, weak reference to check the id was not reused, the
-        # op's Ref placeholder, shared by all its consumers' argument templates)
-        self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor], Ref]] = {}
+        # op's Ref placeholder, shared by all its consumers' argument templates, the
+        # tensor's _version when mapped: a later write through any view bumps it)
+        self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor], Ref, int]] = {}
+        self.store = storage.StorageLog()  # writes and kept payloads, by storage
+        self._sources: list[Tensor] = []  # inputs, buffers, constants: outlive the pass
         self.index = index if index is not None else ModelIndex(model)
         self.params = self.index.params
         self.param_refs = {k: ParamRef(name) for k, name in self.params.items()}
@@ -186,7 +189,11 @@ class Recorder(TorchFunctionMode):
                 self._keep(op, tensor)
             elif decision is None:
                 self.pending[idx] = tensor
-        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), Ref(idx))
+        self.store.kept(idx)
+        if kind is not OP and kind is not OUTPUT and kind is not IDENTITY:
+            self._sources.append(tensor)
+        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), Ref(idx),
+                                       storage.version(tensor))
         if self.pending and self.policy.lookback:
             self._drain_window(idx)
         return op
@@ -214,8 +221,15 @@ class Recorder(TorchFunctionMode):
             key = id(a)
             hit = self.tensor_map.get(key)
             if hit is not None and hit[1]() is a:
-                parents.append(hit[0])
-                return hit[2]
+                try:
+                    v = a._version
+                except RuntimeError:  # inference tensors have no version counter
+                    v = -1
+                if v != hit[3] or (v < 0 and self.store.active):
+                    hit = self._refreshed(a, hit)
+                if hit is not None:
+                    parents.append(hit[0])
+                    return hit[2]
             pref = self.param_refs.get(key)
             if pref is not None:
                 params.append(pref.name)
@@ -237,27 +251,111 @@ class Recorder(TorchFunctionMode):
             return tuple(items) if t is tuple else items
         return a
 
+    # ------------------------------------------------------------------ storage versions
+    def _held(self, idx: int) -> Tensor | None:
+        op = self.ops[idx]
+        return op.payload if op._saved else self.pending.get(idx)
+
+    def _replace_held(self, idx: int, t: Tensor) -> None:
+        if self.ops[idx]._saved:
+            self.ops[idx].payload = t
+        else:
+            self.pending[idx] = t
+
     def _before_inplace(self, target: Any) -> None:
-        """Copy on write: clone every saved payload that shares storage with ``target``."""
-        if not isinstance(target, _TENSOR):
-            return
-        try:
-            ptr = target.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):
-            return
-        for op in self.ops:
-            out = op.payload
-            if out is None or out.device != target.device:
-                continue
-            try:
-                same = out.untyped_storage().data_ptr() == ptr
-            except (RuntimeError, NotImplementedError):
-                continue
-            if same:
-                op.payload = out.clone()
-        for j, t in list(self.pending.items()):
-            if t.untyped_storage().data_ptr() == ptr:
-                self.pending[j] = t.clone()
+        """Copy on write: clone every kept payload that shares storage with ``target``."""
+        if isinstance(target, _TENSOR):
+            self.store.before_write(target, self._held, self._replace_held)
+
+    def _lookup(self, t: Tensor) -> int | None:
+        """The op whose output ``t`` is now (a refresh when written since), or None."""
+        hit = self.tensor_map.get(id(t))
+        if hit is None or hit[1]() is not t:
+            return None
+        with torch._C.DisableTorchFunction():  # module hooks run with the mode active
+            v = storage.version(t)
+            if v != hit[3] or (v < 0 and self.store.active):
+                fresh = self._refreshed(t, hit)
+                return None if fresh is None else fresh[0]
+        return hit[0]
+
+    def _refreshed(self, t: Tensor, hit: tuple[int, Any, Ref, int]
+                   ) -> tuple[int, Any, Ref, int] | None:
+        """``t`` was written (through some view) after op ``hit[0]``: map it to a ``refresh``
+        op of that op and the writes. None when a write cannot be replayed (a side effect,
+        or a write lens did not see): ``t`` then enters the graph as a new source."""
+        writes = self.store.since(t, hit[0])
+        if writes is None or any(w.opaque for w in writes):
+            del self.tensor_map[id(t)]
+            return None
+        if not writes:  # the writes missed t's elements: it still reads as before
+            hit = (*hit[:3], storage.version(t))
+            self.tensor_map[id(t)] = hit
+            return hit
+        with torch._C.DisableTorchFunction():  # also called from module hooks
+            kwargs = storage.refresh_layout(t, writes)
+        chain = self._view_chain(hit[0])
+        for w in writes:
+            chain += self._view_chain(self._written_arg(w.op))
+        kwargs["views"] = tuple(sorted(set(chain)))
+        args = (hit[2], *[Ref(w.op) for w in writes])
+        parents = tuple(dict.fromkeys((hit[0], *[w.op for w in writes])))
+        # Not offered to interceptors: it records the model's tensor after a write, not a
+        # call the model made (edit the write, or an op reading the tensor, instead).
+        self.next_call_id += 1
+        op = self._new(OP, storage.refresh, "refresh", "refresh", args, kwargs, parents, t,
+                       call_id=self.next_call_id)
+        if self.halt is not None and self.halt(op):
+            self.halted = True
+            raise Halt()
+        return self.tensor_map[id(t)]
+
+    def _written_arg(self, idx: int) -> int:
+        """The op that produced the tensor op ``idx`` wrote into."""
+        rec = self.ops[idx]
+        target = rec.args[rec.mutates] if rec.mutates is not None else rec.kwargs.get("out")
+        return target.op if isinstance(target, Ref) else idx
+
+    def _view_chain(self, idx: int) -> list[int]:
+        """Ops between ``idx`` and the op that made its storage, walking up through views,
+        in-place ops and refreshes (the view ops and refreshes are returned)."""
+        chain: list[int] = []
+        rec = self.ops[idx]
+        while rec.kind == OP:
+            if rec.mutates is not None:
+                nxt = self._written_arg(rec.call_index)
+            elif (rec.func is storage.refresh or rec.func_name in storage.VIEW_NAMES) \
+                    and rec.args and isinstance(rec.args[0], Ref):
+                chain.append(rec.call_index)
+                nxt = rec.args[0].op
+            else:
+                break
+            if nxt == rec.call_index:
+                break
+            rec = self.ops[nxt]
+        return chain
+
+    def _written(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 mutated: int | None) -> list[tuple[Tensor, bool]]:
+        """Tensors this call writes into: (tensor, written as a side effect)."""
+        found: list[tuple[Tensor, bool]] = []
+        if mutated is not None and isinstance(args[mutated], _TENSOR):
+            found.append((args[mutated], False))
+        if "out" in kwargs:
+            found += [(t, False) for _, t in _tensor_leaves(kwargs["out"], ())]
+        slots = storage.side_writes(func, args, kwargs) if fi.name in _SIDE else ()
+        for slot in slots:
+            found.append((storage.at(args, kwargs, slot), True))
+        return found
+
+    def _log_writes(self, written: list[tuple[Tensor, bool]], first: int) -> None:
+        """After the call: each written tensor is a new version of its storage."""
+        for t, opaque in written:
+            hit = self.tensor_map.get(id(t))
+            if not opaque and hit is not None and hit[1]() is t and hit[0] >= first:
+                self.store.wrote(t, hit[0])
+            else:  # a side effect, or an output lens did not record: seen as a new source
+                self.store.wrote(t, len(self.ops) - 1, opaque=True)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -269,20 +367,34 @@ class Recorder(TorchFunctionMode):
         mutated = None
         if fi.inplace_arg is not None or fi.inplace_flag is not None:
             mutated = funcs.mutated_arg(fi, args, kwargs)
-            if mutated is not None:
-                self._before_inplace(args[mutated])
-        if "out" in kwargs:
-            self._before_inplace(kwargs["out"])
+        pre = None
+        written = (self._written(func, fi, args, kwargs, mutated)
+                   if mutated is not None or fi.name in _SIDE or "out" in kwargs else None)
+        if written:  # read the arguments before the call overwrites them, then copy on write
+            pre = self._template(args, kwargs)
+            for t, _ in written:
+                self._before_inplace(t)
+        first = len(self.ops)
         self._draw = (rng.snapshot(kwargs) if fi.random and rng.draws(fi.name, args, kwargs)
                       else None)
         self._mode = modes.current()
         t0 = perf_counter()
         out = func(*args, **kwargs)
         elapsed = perf_counter() - t0
+        if written:
+            try:
+                return self._dispatch(func, fi, args, kwargs, out, elapsed, mutated, pre)
+            finally:
+                self._log_writes(written, first)
+        return self._dispatch(func, fi, args, kwargs, out, elapsed, mutated, pre)
+
+    def _dispatch(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
+                  kwargs: dict[str, Any], out: Any, elapsed: float, mutated: int | None,
+                  pre: Template | None) -> Any:
         if isinstance(out, _TENSOR):
-            return self._record(func, fi, args, kwargs, out, elapsed, mutated)
+            return self._record(func, fi, args, kwargs, out, elapsed, mutated, pre)
         if out is None and mutated is not None and isinstance(args[mutated], _TENSOR):
-            self._record(func, fi, args, kwargs, args[mutated], elapsed, mutated)
+            self._record(func, fi, args, kwargs, args[mutated], elapsed, mutated, pre)
             return None
         if type(out) is bool and fi.name == "__bool__":
             hit = self.tensor_map.get(id(args[0])) if args else None
@@ -290,11 +402,10 @@ class Recorder(TorchFunctionMode):
                 self.ops[hit[0]].bool_used = True
         elif isinstance(out, (tuple, list)) and out and any(
                 isinstance(o, (_TENSOR, tuple, list)) for o in out):
-            return self._record_multi(func, fi, args, kwargs, out, elapsed)
+            return self._record_multi(func, fi, args, kwargs, out, elapsed, pre)
         return out
 
-    def _template(self, args: tuple[Any, ...], kwargs: dict[str, Any]
-                  ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], tuple[str, ...]]:
+    def _template(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Template:
         parents: list[int] = []
         params: list[str] = []
         targs = tuple([self._arg(a, parents, params) for a in args])
@@ -305,8 +416,8 @@ class Recorder(TorchFunctionMode):
 
     def _record(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
                 kwargs: dict[str, Any], out: Tensor, elapsed: float,
-                mutated: int | None) -> Tensor:
-        targs, tkwargs, parents, params = self._template(args, kwargs)
+                mutated: int | None, pre: Template | None = None) -> Tensor:
+        targs, tkwargs, parents, params = pre or self._template(args, kwargs)
         self.next_call_id += 1
         op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, out, params,
                        elapsed, (), self.next_call_id, mutated)
@@ -326,22 +437,26 @@ class Recorder(TorchFunctionMode):
                     # replacement is written into it (copy on write for saved payloads).
                     self._before_inplace(out)
                     out.copy_(new)
+                    hit = self.tensor_map[id(out)]
+                    self.tensor_map[id(out)] = (*hit[:3], storage.version(out))
                 else:
                     out = new
                     self.tensor_map[id(out)] = (op.call_index, weakref.ref(out),
-                                                Ref(op.call_index))
+                                                Ref(op.call_index), storage.version(out))
                 if op._saved:
                     self._keep(op, out)
                 elif op.call_index in self.pending:
                     self.pending[op.call_index] = out
+                self.store.kept(op.call_index)
         if self.halt is not None and self.halt(op):
             self.halted = True
             raise Halt()
         return out
 
     def _record_multi(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
-                      kwargs: dict[str, Any], out: Any, elapsed: float) -> Any:
-        targs, tkwargs, parents, params = self._template(args, kwargs)
+                      kwargs: dict[str, Any], out: Any, elapsed: float,
+                      pre: Template | None = None) -> Any:
+        targs, tkwargs, parents, params = pre or self._template(args, kwargs)
         self.next_call_id += 1
         call_id = self.next_call_id
         leaves = list(_tensor_leaves(out, ()))
@@ -393,9 +508,9 @@ class Recorder(TorchFunctionMode):
                                 len(self.ctx))
         ins: list[int] = []
         for _, t in _tensor_leaves((args, kwargs), ()):
-            hit = self.tensor_map.get(id(t))
-            if hit is not None and hit[1]() is t:
-                ins.append(hit[0])
+            i = self._lookup(t)
+            if i is not None:
+                ins.append(i)
         call.input_ops = tuple(dict.fromkeys(ins))
         self.module_calls.append(call)
         self.ctx = (*self.ctx, call)
@@ -414,8 +529,9 @@ class Recorder(TorchFunctionMode):
             return None
         replaced: dict[tuple[int | str, ...], Tensor] = {}
         for path, t in _tensor_leaves(output, ()):
-            hit = self.tensor_map.get(id(t))
-            idx = hit[0] if hit is not None and hit[1]() is t else None
+            self.ctx = (*self.ctx, call)  # a refresh made here belongs to the module
+            idx = self._lookup(t)
+            self.ctx = self.ctx[:-1]
             if idx is None or idx < call.first_op:
                 # The module returned a tensor it did not compute (nn.Identity): give the
                 # module an explicit identity op so it has an output of its own.
@@ -475,11 +591,13 @@ class Recorder(TorchFunctionMode):
         if new is value:
             return
         replaced[path] = new
-        self.tensor_map[id(new)] = (rec.call_index, weakref.ref(new), Ref(rec.call_index))
+        self.tensor_map[id(new)] = (rec.call_index, weakref.ref(new), Ref(rec.call_index),
+                                    storage.version(new))
         if rec._saved:
             self._keep(rec, new)
         elif rec.call_index in self.pending:
             self.pending[rec.call_index] = new
+        self.store.kept(rec.call_index)
 
     @contextmanager
     def attached(self) -> Iterator[Recorder]:
@@ -510,10 +628,17 @@ class Recorder(TorchFunctionMode):
             if decision:
                 self._keep(self.ops[j], t)
         self.pending.clear()
+        external = [*self.index.param_values.values(), *(b for _, b in self.buffers.values()),
+                    *self._sources]
+        self.store.freeze(external, self._held, self._replace_held)
         self.tensor_map.clear()
+        self._sources.clear()
 
 
 Path = tuple[int | str, ...]
+Template = tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], tuple[str, ...]]
+# Functions that may write into an argument as a side effect (see storage.side_writes).
+_SIDE = frozenset({"batch_norm", "instance_norm"})
 
 
 def _tensor_leaves(obj: Any, path: Path) -> Iterator[tuple[Path, Tensor]]:

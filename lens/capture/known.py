@@ -21,8 +21,9 @@ from ..errors import SelectorError, close_matches
 from ..selectors import Func, Label, Selector, normalize_op_type, split_call
 from .records import BUFFER, CONSTANT, IDENTITY, INPUT, OUTPUT
 
-# Sources and sinks lens adds itself, and the fallback type of a nameless callable.
-_LENS_TYPES = frozenset({INPUT, OUTPUT, BUFFER, CONSTANT, IDENTITY, "op"})
+# Sources, sinks and storage refreshes lens adds itself (see capture.storage), and the
+# fallback type of a nameless callable.
+_LENS_TYPES = frozenset({INPUT, OUTPUT, BUFFER, CONSTANT, IDENTITY, "refresh", "op"})
 
 _LABEL = re.compile(r"^(?P<type>[a-z0-9]+)_\d+(_\d+)?(:\d+)?$")
 

@@ -11,13 +11,16 @@ drew at capture.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
 
+from ..capture import storage
+from ..errors import ReplayError
 from ..replay.interpreter import Interpreter
 from ..trace import Op, Trace
+from ._sites import describe
 
 _INF = float("inf")
 
@@ -56,6 +59,24 @@ class ForkInterpreter(Interpreter):
             return super().run_op(op)
         finally:
             self.current = -1
+
+
+def refuse_severing_edits(trace: Trace, edited: Iterable[int]) -> None:
+    """Refuse edits replay cannot reproduce: a view that a later write goes through (a live
+    edit hands the model a new tensor, which the write then misses), or a refresh op."""
+    records = list(trace.ops[0]._ops) if trace.ops else []
+    for ci, refresh_ci in storage.severing_edits(records, edited):
+        rec, ref = records[ci], records[refresh_ci]
+        if ci == refresh_ci:
+            why = (f"{describe(rec)} is lens's record of a tensor after a write through "
+                   "another view of its storage, not a call the model made")
+        else:
+            why = (f"{describe(rec)} is a view that ties {describe(ref)} to a storage written "
+                   "in place: an edit replaces the view with a new tensor, so the write "
+                   "would no longer reach it, which replay cannot reproduce")
+        raise ReplayError(
+            f"Cannot replay this edit: {why}. Edit the in-place write itself, the op that "
+            "made the storage, or an op that reads the tensor after the write.")
 
 
 def output_structure(source_output: Any, trace: Trace, values: Mapping[int, Tensor]) -> Any:

@@ -27,7 +27,7 @@ from ..trace import Layer, Op, OpGroup, Trace
 from ._base import Action, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, preserved_rng, records
-from ._replay import ForkInterpreter, output_structure
+from ._replay import ForkInterpreter, output_structure, refuse_severing_edits
 from ._sites import ValueSite, describe
 from .rules import TARGETS, InterventionWarning, LiveRule, When
 
@@ -110,6 +110,7 @@ class Fork(Trace):
         if not plan:
             return self
         src = self.source
+        refuse_severing_edits(src, plan)
         interp = ForkInterpreter(src)
         base: dict[int, Tensor] = {}
         first = min(src._by_call[ci].index for ci in plan)

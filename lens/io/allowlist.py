@@ -137,7 +137,7 @@ shifted_chebyshev_polynomial_w sinc softmax spherical_bessel_j0 xlog1py xlogy ze
 """
 
 TORCH = """
-_native_multi_head_attention _pack_padded_sequence _pad_packed_sequence
+_grouped_mm _native_multi_head_attention _pack_padded_sequence _pad_packed_sequence
 _transformer_encoder_layer_fwd _weight_norm
 abs abs_ absolute acos acos_ acosh acosh_ adaptive_avg_pool1d adaptive_max_pool1d add
 addbmm addcdiv addcmul addmm addmv addmv_ addr adjoint affine_grid_generator alias_copy

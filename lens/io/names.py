@@ -68,10 +68,20 @@ def allowed() -> dict[str, Callable[..., Any]]:
     return dict(_table())
 
 
+def _lens_ops() -> dict[str, Callable[..., Any]]:
+    """Pure tensor computations lens itself records as ops (by exact name only)."""
+    from ..capture import storage
+
+    return {"lens.capture.storage.refresh": storage.refresh}
+
+
 def name_of(func: Any) -> str | None:
     """The qualified name ``func`` is saved under, or None if it is not allow-listed."""
     if func is None:
         return None
+    for name, op in _lens_ops().items():
+        if func is op:
+            return name
     try:
         return _index().get(func)
     except TypeError:  # unhashable: no allow-listed op
@@ -91,6 +101,8 @@ def resolve(name: object) -> Callable[..., Any]:
     One dict lookup: nothing is imported, evaluated, called or looked up as an attribute.
     """
     func = _table().get(name) if type(name) is str else None
+    if func is None and type(name) is str:
+        func = _lens_ops().get(name)
     if func is None:
         raise LoadError(
             f"Refusing to load function {name!r:.200}: saved traces may only name the pure "

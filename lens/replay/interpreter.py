@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..capture import modes, rng
+from ..capture import modes, rng, storage
 from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, ParamRef, Ref
 from ..errors import PayloadError, ReplayError
 from ..trace import Op, Trace
@@ -93,12 +93,7 @@ class Interpreter:
             args = self.materialize(op.args)
             kwargs = {k: self.materialize(v) for k, v in op.kwargs.items()}
             mutated = op.mutates
-            if mutated is not None and isinstance(args[mutated], Tensor):
-                args = list(args)
-                args[mutated] = args[mutated].clone()  # never write into a saved payload
-                args = tuple(args)
-            if isinstance(kwargs.get("out"), Tensor):
-                kwargs["out"] = kwargs["out"].clone()
+            args = private_copies(op, args, kwargs)
             out = self.execute(op, args, kwargs)
             if out is None and mutated is not None:
                 out = args[mutated]
@@ -141,6 +136,34 @@ class Interpreter:
                 return op.func(*args, **kwargs)
             with rng.restored(state, kwargs) as kw:
                 return op.func(*args, **kw)
+
+
+def private_copies(op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """``args`` with every tensor the op writes into replaced by a copy (``kwargs`` is
+    updated in place): replay never writes into a saved payload, a parameter, a buffer or
+    the user's input. Covers the in-place target, ``out=`` and side effects (train-mode
+    ``batch_norm``'s running statistics)."""
+    slots: list[int | str] = [] if op.mutates is None else [op.mutates]
+    if "out" in kwargs:
+        slots.append("out")
+    slots += storage.side_writes(op.func, args, kwargs)
+    if not slots:
+        return args
+    copied = list(args)
+    for slot in slots:
+        if isinstance(slot, str):
+            kwargs[slot] = _copy(kwargs[slot])
+        else:
+            copied[slot] = _copy(copied[slot])
+    return tuple(copied)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    return value
 
 
 def downstream(trace: Trace, sources: Iterable[int]) -> list[Op]:

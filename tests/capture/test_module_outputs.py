@@ -33,10 +33,8 @@ def test_module_outputs_equal_forward_hooks(case):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("case", regular_cases(irregular=True), ids=lambda c: c.name)
 def test_every_zoo_model_validates(case, train):
-    from tests.replay.test_zoo_exact import NEEDS_STORAGE_VERSIONS, same_state, state_of
+    from tests.replay.test_zoo_exact import same_state, state_of
 
-    if (case.name, train) in NEEDS_STORAGE_VERSIONS:
-        pytest.skip("needs storage-version tracking for buffers written in place (w/views)")
     model, args, kwargs = build(case)
     model.train(train)
     before = state_of(model)

@@ -43,6 +43,11 @@ Tags in use:
   ``regular_cases()`` and the intervention zoo, and checked by the tests written for
   them (tests/replay, ``tl.validate`` on the whole zoo, tests/models/test_zoo.py).
 - ``bench``: benchmark sized; excluded from regular zoo iteration.
+- ``view_write``: writes into a tensor through a view, then reads the base or another
+  view (tests/models/mutation.py).
+- ``train``: built in train mode (BatchNorm running stats change on every run; the
+  output does not depend on them).
+- ``moe``: mixture-of-experts routing (HF Mixtral, Qwen2-MoE, OLMoE).
 
 HF cases (tag ``hf``) are always registered; their ``build`` raises
 ImportError when transformers is missing (use ``pytest.importorskip``).
@@ -51,7 +56,7 @@ ImportError when transformers is missing (use ``pytest.importorskip``).
 from __future__ import annotations
 
 # Importing the topical modules populates ZOO.
-from . import attention, cnn, hf, misc, random_modes, recurrent, seeds  # noqa: F401
+from . import attention, cnn, hf, misc, mutation, random_modes, recurrent, seeds  # noqa: F401
 from ._registry import ZOO, ZooCase, cases, get, hf_available, register
 from .hf import gpt2_small_shaped
 

@@ -115,3 +115,43 @@ def gpt2_small_shaped():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).eval()
     return model, (_ids((1, 32), vocab=cfg.vocab_size),), {}
+
+
+def _moe(config_cls: str, model_cls: str, **extra):
+    """A tiny mixture-of-experts causal LM: 2 layers, 4 experts, 2 picked per token."""
+    import transformers
+
+    cfg = getattr(transformers, config_cls)(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        num_experts_per_tok=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        use_cache=False,
+        **extra,
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    return model, (_ids((2, 8)),), {}
+
+
+@register("mixtral_tiny", "hf", "attention", "transformer", "moe", "inplace")
+def mixtral_tiny():
+    return _moe("MixtralConfig", "MixtralForCausalLM", num_local_experts=4)
+
+
+@register("qwen2_moe_tiny", "hf", "attention", "transformer", "moe", "inplace")
+def qwen2_moe_tiny():
+    return _moe("Qwen2MoeConfig", "Qwen2MoeForCausalLM", num_experts=4,
+                moe_intermediate_size=24, shared_expert_intermediate_size=48)
+
+
+@register("olmoe_tiny", "hf", "attention", "transformer", "moe", "inplace")
+def olmoe_tiny():
+    return _moe("OlmoeConfig", "OlmoeForCausalLM", num_experts=4)
