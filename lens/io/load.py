@@ -22,7 +22,7 @@ from ..capture import modes
 from ..capture.records import OP, ModuleCallRecord, ParamRef, Ref
 from ..errors import LoadError, ReplayError
 from ..trace import Layer, Op, Trace
-from . import names
+from . import _sizes, names
 from ._safe import loads_json, read_regular
 from ._tensors import read_trace_tensors
 from .schema import (
@@ -71,7 +71,8 @@ def replayable(op: Op) -> bool:
     return not isinstance(op.func, NotReplayable)
 
 
-def load(path: str | os.PathLike[str], *, device: Any = None) -> Trace:
+def load(path: str | os.PathLike[str], *, device: Any = None,
+         max_op_bytes: int = _sizes.MAX_OP_BYTES) -> Trace:
     """Read a trace saved with ``tl.save``. Tensors land on the CPU, or on ``device``.
 
     ``path`` is the folder ``tl.save`` wrote; it may itself be a symbolic link (your
@@ -79,20 +80,29 @@ def load(path: str | os.PathLike[str], *, device: Any = None) -> Trace:
     files: a link, FIFO or device in their place is refused, never followed or opened.
     Every field is checked (types, ranges, references, tensor headers) before it is used;
     anything wrong raises :class:`LoadError` naming the file and the field.
+
+    Replaying a loaded trace never allocates by a number nobody checked: every op is first
+    run on the ``meta`` device from its recorded shapes (see :mod:`lens.io._sizes`); an op
+    whose arguments disagree with its recorded shape, or whose output would be larger than
+    ``max_op_bytes`` (8 GiB by default), loads for reading but refuses to replay.
     """
+    if type(max_op_bytes) is not int or max_op_bytes <= 0:
+        raise LoadError(f"tl.load(..., max_op_bytes=) must be a positive int; got "
+                        f"{max_op_bytes!r:.80}.")
     root = _trace_dir(path)
     text = read_regular(root, JSON_NAME, str(root / JSON_NAME))
     blob = read_regular(root, TENSORS_NAME, str(root / TENSORS_NAME))
-    return from_bytes(text, blob, root, device=device)
+    return from_bytes(text, blob, root, device=device, max_op_bytes=max_op_bytes)
 
 
 def from_bytes(text: bytes | bytearray, blob: bytearray, root: Path, *,
-               device: Any = None) -> Trace:
+               device: Any = None, max_op_bytes: int = _sizes.MAX_OP_BYTES) -> Trace:
     """The trace held by the bytes of ``trace.json`` and ``tensors.safetensors`` (``root``
     only names them in messages): every check of :func:`load` but the file system's."""
     doc = _read_json(text, root / JSON_NAME)
     try:
-        return _build(doc, read_trace_tensors(blob, root / TENSORS_NAME, doc, device))
+        return _build(doc, read_trace_tensors(blob, root / TENSORS_NAME, doc, device),
+                      max_op_bytes)
     except LoadError as e:  # say which file the field path is in
         msg = str(e)
         if msg.startswith(str(root)):
@@ -133,7 +143,8 @@ def _read_json(text: bytes | bytearray, file: Path) -> Reader:
     return r
 
 
-def _build(doc: Reader, tensors: dict[str, torch.Tensor]) -> Trace:
+def _build(doc: Reader, tensors: dict[str, torch.Tensor],
+           max_op_bytes: int = _sizes.MAX_OP_BYTES) -> Trace:
     calls = _module_calls(doc)
     n = doc.integer("num_recorded")
     if not 0 <= n <= MAX_RECORDED:
@@ -172,6 +183,10 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor]) -> Trace:
             raise LoadError(f"module_info.{address}: expected [class name, [param names]].")
         info[address] = (raw[0], tuple(raw[1]))
     options = {k: _plain(decode(v, f"options.{k}")) for k, v in doc.mapping("options").items()}
+    for ci, reason in _sizes.unreplayable_reasons(ops, meta, max_op_bytes).items():
+        op = slots[ci]
+        op.func = NotReplayable(op.func_name, reason, op.func)
+        op.func.op = op
     trace = Trace(ops=ops, layers=layers, model_name=doc.text("model_name"),
                   module_calls=calls, module_info=info, param_meta=meta, param_values=values,
                   output=decode(doc.raw("output"), "output", tensors),
