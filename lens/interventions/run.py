@@ -9,8 +9,10 @@ from torch import nn
 from ..capture import Recorder, SaveNone, check_model, run_forward
 from ..capture.args import check_input_kwargs
 from ..capture.model_index import ModelIndex
+from ..capture.sparse import module_map
 from ..errors import CaptureError
 from ..trace import Op
+from ._sparse import hook_plan, run_on_hooks
 
 
 def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
@@ -18,25 +20,37 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     """Run ``model(*args, **input_kwargs)`` with ``intervene`` rules (``tl.when``) applied
     as it runs, and return only its output: no payloads are kept and no trace is built,
     so this costs little more than the forward pass itself (plus a metadata-only
-    pre-pass when a rule names sites by final label without a ``reference``)."""
+    pre-pass when a rule names sites by final label without a ``reference``).
+
+    When every rule is decided at module exits (``tl.module(...)``, ``'a.b:2'``) and its
+    action reads only the value it edits (zero/mean ablation, scale, steer, clamp,
+    projections, constants, one-argument functions), the run uses forward hooks on just
+    those modules and records no op: the same output, at the cost of plain hooks."""
     check_model(model)
     check_input_kwargs("tl.run", input_kwargs)
     kwargs = dict(input_kwargs or {})
     if intervene is None:
         return model(*args, **kwargs)
-    index = ModelIndex(model)
+    modules = module_map(model) if isinstance(model, nn.Module) else {}
+    addresses = set(modules)
     context = {"model": model, "args": args, "kwargs": kwargs,
-               "module_addresses": index.addresses}
-    rules = []
-    for r in intervene if isinstance(intervene, (list, tuple)) else [intervene]:
+               "module_addresses": addresses}
+    specs = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]
+    for r in specs:
         if not callable(r):
             raise CaptureError(
                 f"intervene= takes tl.when(selector, action) rules; got {type(r).__name__}.")
         check = getattr(r, "validate", None)
         if check is not None:
-            check(module_addresses=index.addresses)
+            check(module_addresses=addresses)
+    plan = hook_plan(specs, addresses) if isinstance(model, nn.Module) else None
+    if plan is not None:  # every rule decided at module exits: hooks, no function mode
+        return run_on_hooks(model, plan, args, kwargs)
+    rules = []
+    for r in specs:
         bind = getattr(r, "bind", None)
         rules.append(bind(context) if bind is not None else r)
+    index = ModelIndex(model)
     rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
                    policy=SaveNone(), interceptors=tuple(rules), index=index)
     output = run_forward(model, rec, args, kwargs)

@@ -38,11 +38,12 @@ from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import STAGE_RANK, SelectorPolicy
 from ..capture.records import OpRecord
-from ..errors import LookupKeyError, PayloadError
+from ..errors import CaptureError, LookupKeyError, PayloadError, expect
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import _ADDRESS
 from .api import build, check_labels, recorder
 from .op import Op
+from .sparse import SparseRecording, record_sparse
 from .trace import Trace
 
 
@@ -137,12 +138,27 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
            halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
            detect_loops: bool = True, lookback: int | None = None,
            code_context: bool = False, intervention_ready: bool = False,
-           save_grads: Any = False) -> Recording:
+           save_grads: Any = False, sparse: bool = False) -> Recording | SparseRecording:
     """Run ``model(*args, **input_kwargs)`` under the capture engine, skip postprocessing.
 
     Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
     ``.to_trace()`` builds the trace. Cheapest with a sparse ``save=`` selector.
+
+    ``sparse=True``: for ``save=``/``halt=`` decided at module exits (``tl.module(...)``,
+    ``'a.b:2'``), keep those module outputs with forward hooks on just those modules and
+    record no op (the cost of plain hooks). Returns a :class:`SparseRecording`, addressed
+    by module call (``rec['a.b:2']``): it has no call indices, labels or ``to_trace()``.
     """
+    if sparse is not False:
+        expect(sparse, bool, "tl.record(..., sparse=)", "True or False")
+        extra = {"intervene": intervene, "lookback": lookback, "code_context": code_context,
+                 "intervention_ready": intervention_ready, "save_grads": save_grads}
+        used = [k for k, v in extra.items() if v not in (None, False)]
+        if used:
+            raise CaptureError(f"tl.record(..., sparse=True) keeps module outputs only; "
+                               f"{', '.join(used)} need(s) the full recorder. Drop "
+                               "sparse=True to use them.")
+        return record_sparse(model, args, input_kwargs, save, halt, detach, device, dtype)
     check_input_kwargs("tl.record", input_kwargs)
     check_options("tl.record", keep_orphans=keep_orphans, detect_loops=detect_loops)
     kwargs = dict(input_kwargs or {})
