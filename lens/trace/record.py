@@ -119,7 +119,7 @@ class Recording:
             dl = self.options["detect_loops"] if detect_loops is None else detect_loops
             self._trace = build(self.recorder, self.model, self.output, self.save_spec,
                                 self.elapsed, keep_orphans=ko, detect_loops=dl)
-            self._trace.options.update(
+            self._trace.options = self._trace.options.but(
                 intervention_ready=self.options["intervention_ready"],
                 save_grads=self.options["save_grads"])
             if isinstance(self.save_spec, Selector):
