@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..capture.engine import _tensor_leaves
 from ..capture.known import check_names
 from ..capture.policy import SelectorPolicy
 from ..capture.records import INPUT, OUTPUT
+from ..capture.template import tensor_leaves
 from ..errors import PayloadError
 from ..selectors import ALL, Selector, coerce
 from .stash import StashKey
@@ -120,7 +120,7 @@ def log_backward(trace: Trace, loss: Tensor, retain_graph: bool = False) -> None
 def _hook_sources(trace: Trace, spec: Any) -> None:
     sel = coerce(spec, module_addresses=set(trace.module_info))
     sel = sel.bind_ordinals(trace.ops)
-    outputs = [t for _, t in _tensor_leaves(trace.output, ())]
+    outputs = [t for _, t in tensor_leaves(trace.output, ())]
     n_out = 0
     hooked = trace.stash.setdefault(_HOOKED, set)
     for op in trace.ops:

@@ -113,12 +113,12 @@ class Op(OpRecord):
     # --------------------------------------------------------------- graph
     @property
     def parents(self) -> list[Op]:
-        ops = self._ops
+        ops = self.recording
         return [ops[i] for i in self.parent_idx]
 
     @property
     def children(self) -> list[Op]:
-        ops = self._ops
+        ops = self.recording
         return [ops[i] for i in self.child_idx]
 
     @property

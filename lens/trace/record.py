@@ -40,7 +40,7 @@ from ..capture.policy import STAGE_RANK, SelectorPolicy
 from ..capture.records import OpRecord
 from ..errors import LookupKeyError, PayloadError
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
-from ..selectors._places import _ADDRESS
+from ..selectors._places import ADDRESS
 from .api import build, check_labels, recorder
 from .op import Op
 from .trace import Trace
@@ -227,7 +227,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
 
 def _site_selector(site: Any, addresses: set[str]) -> Selector:
     if isinstance(site, str):
-        hit = _ADDRESS.match(site)
+        hit = ADDRESS.match(site)
         if hit is not None and hit.group("address") in addresses:
             sel: Selector = module(site)
         else:

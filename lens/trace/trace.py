@@ -130,6 +130,11 @@ class Trace:
         """Every label and module address this trace can be indexed by."""
         return list(self._lookup)
 
+    @property
+    def records(self) -> list[Op]:
+        """Every recorded op by call index, orphans included (``ops`` holds the kept ones)."""
+        return self.ops[0].recording if self.ops else []
+
     def op_at_call(self, call_index: int) -> Op | None:
         """The kept op recorded at ``call_index`` (its place in the recording), or None
         if that op was trimmed as an orphan."""
@@ -226,7 +231,7 @@ class Trace:
     def orphans_trimmed(self) -> int:
         """How many recorded ops were dropped as orphans (neither from an input nor
         feeding an output); 0 with ``keep_orphans=True``."""
-        return len(self.ops[0]._ops) - len(self.ops) if self.ops else 0
+        return len(self.records) - len(self.ops)
     # ------------------------------------------------------- end graph facts
 
     # ------------------------------------------------------------------ output
