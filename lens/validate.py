@@ -143,7 +143,7 @@ def _own_payloads(tr: Trace, written: set[int]) -> None:
     by the forward or not) are copied, so putting the model back leaves them alone."""
     if not written:
         return
-    for op in tr.ops[0]._ops if tr.ops else ():
+    for op in tr.records:
         p = op.payload
         if isinstance(p, Tensor) and p.untyped_storage().data_ptr() in written:
             op.payload = p.clone()
@@ -154,9 +154,9 @@ def _cuda_devices() -> list[int]:
         return [torch.cuda.current_device()]
     return []
 def _check_outputs(tr: Trace, expected: Any, report: ValidationReport) -> None:
-    from .capture.engine import _tensor_leaves
+    from .capture.template import tensor_leaves
 
-    leaves = [t for _, t in _tensor_leaves(expected, ())]
+    leaves = [t for _, t in tensor_leaves(expected, ())]
     outs = [op for op in tr.ops if op.is_output]
     if len(leaves) != len(outs):
         report.failures.append(("output", f"model returned {len(leaves)} tensors, trace "
@@ -207,7 +207,7 @@ def _check_op(tr: Trace, op: Op, report: ValidationReport, perturb: bool,
 
 def _perturb_one(tr: Trace, op: Op, parent_call: int, report: ValidationReport,
                  gen: torch.Generator) -> None:
-    parent = tr._by_call[parent_call]
+    parent = tr.records[parent_call]
     p = parent.out
     if not isinstance(p, Tensor) or not p.is_floating_point() or p.numel() == 0:
         return

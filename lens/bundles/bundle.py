@@ -42,7 +42,7 @@ class Bundle:
         base = self.traces[self.baseline]
         for name, tr in self.traces.items():
             if name != self.baseline:
-                _check_same_graph(self.baseline, base, name, tr)
+                check_same_graph(self.baseline, base, name, tr)
 
     @property
     def names(self) -> list[str]:
@@ -122,7 +122,7 @@ def bundle(traces: Mapping[str, Trace], baseline: str | None = None) -> Bundle:
     return Bundle(traces, baseline)
 
 
-def _check_same_graph(base_name: str, base: Trace, name: str, tr: Trace) -> None:
+def check_same_graph(base_name: str, base: Trace, name: str, tr: Trace) -> None:
     for a, b in zip(base.ops, tr.ops, strict=False):  # lengths are compared below
         if a.label != b.label or tuple(a.parent_labels) != tuple(b.parent_labels):
             raise GraphMismatchError(

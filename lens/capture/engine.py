@@ -34,6 +34,8 @@ from .records import (
     ParamRef,
     Ref,
 )
+from .template import rebuild as _rebuild
+from .template import tensor_leaves as _tensor_leaves
 
 
 class Interceptor(Protocol):
@@ -639,40 +641,6 @@ Path = tuple[int | str, ...]
 Template = tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], tuple[str, ...]]
 # Functions that may write into an argument as a side effect (see storage.side_writes).
 _SIDE = frozenset({"batch_norm", "instance_norm"})
-
-
-def _tensor_leaves(obj: Any, path: Path) -> Iterator[tuple[Path, Tensor]]:
-    """(path, tensor) for every tensor inside nested tuples/lists/dicts."""
-    if isinstance(obj, _TENSOR):
-        yield path, obj
-    elif isinstance(obj, (tuple, list)):
-        for i, x in enumerate(obj):
-            yield from _tensor_leaves(x, (*path, i))
-    elif isinstance(obj, dict):
-        for k, x in obj.items():
-            yield from _tensor_leaves(x, (*path, k))
-
-
-def _rebuild(obj: Any, path: Path, replaced: dict[Path, Tensor]) -> Any:
-    """``obj`` with the tensors at ``replaced``'s paths swapped in (same container types)."""
-    if path in replaced:
-        return replaced[path]
-    if isinstance(obj, (tuple, list)):
-        items = [_rebuild(x, (*path, i), replaced) for i, x in enumerate(obj)]
-        if isinstance(obj, list):
-            return type(obj)(items) if type(obj) is not list else items
-        if hasattr(obj, "_fields"):  # namedtuple (e.g. torch.return_types.max)
-            return type(obj)(*items)
-        try:
-            return type(obj)(items)
-        except TypeError:
-            return tuple(items)
-    if isinstance(obj, dict):
-        new = dict(obj) if type(obj) is dict else obj.__class__(**obj)
-        for k in list(new.keys()):
-            new[k] = _rebuild(obj[k], (*path, k), replaced)
-        return new
-    return obj
 
 
 _TORCH_DIR = torch.__file__.rsplit("/", 1)[0]

@@ -120,3 +120,9 @@ class OpRecord:
         self.bool_used = False
         self.rng: RngState | None = None
         self.mode: Mode | None = None
+
+    @property
+    def recording(self) -> list[Any]:
+        """Every record of the recording this one belongs to, by call index (orphans
+        included)."""
+        return self._ops

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CaptureError, ModelTypeError
-from .engine import Halt, Recorder, _tensor_leaves
+from .engine import Halt, Recorder
+from .template import tensor_leaves as _tensor_leaves
 
 _HOW_TO_CALL = (
     "Call it as tl.trace(model, *args, input_kwargs={...}) with the arguments model.forward "

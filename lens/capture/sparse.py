@@ -21,7 +21,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..selectors._scope import Scope
-from .engine import Halt, PayloadOptions, _rebuild, _tensor_leaves
+from .engine import Halt, PayloadOptions
+from .template import rebuild as _rebuild
+from .template import tensor_leaves as _tensor_leaves
 
 Path = tuple[int | str, ...]
 ExitEdit = Callable[[str, int, Tensor], Tensor]

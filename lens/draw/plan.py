@@ -186,7 +186,7 @@ def _drop_single_node_leaves(nodes: list[Node], clusters: dict[str, Cluster]) ->
 
 def _edges(ops: Sequence[Op], node_of: dict[int, Node], trace: Trace) -> list[Edge]:
     edges: dict[tuple[str, str], Edge] = {}
-    by_call = trace._by_call
+    by_call = trace.records
     for op in ops:
         dst = node_of[op.call_index]
         for p in dict.fromkeys(op.parent_idx):

@@ -19,38 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ArgumentTypeError, LookupKeyError, close_matches, expect
-from ..trace import ext
-from . import aliases as _aliases
-from . import attention as _attention
-from . import recurrent as _recurrent
-from . import residual as _residual
 from ._edits import FacetEdit, FacetSite
 from ._graph import FacetError
 from ._mapping import Facets, facets_for, facets_of
-from ._registry import (
-    Carrier,
-    FacetGroup,
-    Owner,
-    known_names,
-    register_provider,
-    structure,
-)
-from .aliases import FacetView, with_aliases
+from ._providers import PROVIDERS, known_names, structure
+from ._registry import Carrier, FacetGroup, Owner, Provider
+from .aliases import FacetView, alias_keys, with_aliases
+from .aliases import resolve as resolve_alias
 from .selector import Facet, facet
-
-register_provider("attention", _attention.detect, (
-    "q", "k", "v", "scores", "pattern", "z", "result", "k_expanded", "v_expanded",
-    "q_pre_rotary", "k_pre_rotary"))
-register_provider("recurrent", _recurrent.detect, (
-    "output", "h_n", "c_n", "h", "c", "i", "f", "g", "o", "r", "z", "n"))
-register_provider("residual", _residual.detect, (
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "branch1_out",
-    "branch2_out"))
-
-ext.register("facets", facets_for)
-ext.register("with_aliases", with_aliases)
-ext.register("alias", _aliases.resolve)
-ext.register("alias_keys", _aliases.alias_keys)
 
 
 def find_facets(trace: Any, kind: str | None = None) -> dict[str, Facets]:
@@ -84,8 +60,12 @@ __all__ = [
     "FacetView",
     "Facets",
     "Owner",
+    "PROVIDERS",
+    "Provider",
+    "alias_keys",
     "facet",
+    "facets_for",
     "find_facets",
-    "register_provider",
+    "resolve_alias",
     "with_aliases",
 ]

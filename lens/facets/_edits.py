@@ -61,10 +61,10 @@ class Step:
             native = value.permute(c.perm) if c.perm else value
             out = edit(native)
             out = out.permute(_inverse(c.perm)) if c.perm else out
-            remember_edit(value, out, self.owner, {})  # keep earlier edits' facet values
+            remember_edit(site.op, value, out, self.owner, {})  # keep earlier edits' facet values
             return out
         new, stages = c.rewrite.apply(value, site.inputs(), self.name, edit)
-        remember_edit(value, new, self.owner, {k: t.detach() for k, t in stages.items()})
+        remember_edit(site.op, value, new, self.owner, {k: t.detach() for k, t in stages.items()})
         return new  # type: ignore[no-any-return]
 
 

@@ -37,7 +37,7 @@ class FacetError(LensError, RuntimeError):
 
 def records(trace: Trace) -> Sequence[Any]:
     """Every op record of ``trace`` by call index (orphans included)."""
-    return trace.ops[0]._ops if trace.ops else []
+    return trace.records
 
 
 def ref(template: Any) -> int | None:

@@ -7,18 +7,17 @@ show the edited values.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from ..errors import LookupKeyError, close_matches
+from ..trace import ModuleCall, Trace
+from ..trace.stash import StashKey
 from ._graph import token
-from ._registry import ROOT, FacetGroup, Owner, structure
-
-if TYPE_CHECKING:
-    from ..trace import Trace
+from ._providers import structure
+from ._registry import ROOT, FacetGroup, Owner
 
 
 class Facets(Mapping[str, Tensor]):
@@ -87,14 +86,12 @@ class Facets(Mapping[str, Tensor]):
         return f"<Facets of {self.owner.name()} ({what}): {', '.join(self._by_name)}>"
 
 
-_CACHE: weakref.WeakKeyDictionary[Any, dict[Owner, Facets]] = weakref.WeakKeyDictionary()
+_FACETS = StashKey[dict[Owner, "Facets"]]("facets.by_owner")
 
 
 def facets_of(trace: Trace, owner: Owner) -> Facets:
     """The facets of one module call of ``trace`` (one mapping per call, cached)."""
-    per = _CACHE.get(trace)
-    if per is None:
-        per = _CACHE[trace] = {}
+    per = trace.stash.setdefault(_FACETS, dict)
     found = per.get(owner)
     if found is None:
         index = structure(trace)
@@ -132,12 +129,11 @@ def owner_of_call(call: Any) -> Owner:
     return Owner(call.address, call.call_num)
 
 
-def facets_for(obj: Any) -> Any:
+def facets_for(obj: Trace | ModuleCall) -> Facets:
     """The ``facets`` of a module call, a module (its only call) or a trace (the model's
-    own forward): registered as the ``'facets'`` extension of ``lens.trace``."""
-    record = getattr(obj, "record", None)
-    if record is not None:  # a ModuleCall
-        return facets_of(obj.trace, owner_of_call(record))
-    if hasattr(obj, "layer_list"):  # a Trace
+    own forward): what ``ModuleCall.facets`` and ``Trace.facets`` return."""
+    if isinstance(obj, ModuleCall):
+        return facets_of(obj.trace, owner_of_call(obj.record))
+    if isinstance(obj, Trace):
         return facets_of(obj, ROOT)
     raise LookupKeyError(f"No facets for {obj!r}: facets belong to module calls and traces.")

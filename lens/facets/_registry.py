@@ -1,4 +1,4 @@
-"""The provider registry and the per-trace structure index.
+"""Providers of facets and the per-trace structure index.
 
 A provider is a structure detector for one kind of module (attention, recurrent,
 residual block): ``detect(trace, index)`` scans the recorded graph once and adds a
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
+
+from ..trace.stash import StashKey
 
 if TYPE_CHECKING:
     from ..trace import Trace
@@ -95,36 +97,28 @@ class FacetGroup:
 
 
 Detector = Callable[["Trace", "StructureIndex"], None]
-_PROVIDERS: dict[str, Detector] = {}
-_NAMES: dict[str, tuple[str, ...]] = {}
 
 
-def register_provider(kind: str, detect: Detector, names: Sequence[str] = ()) -> None:
-    """Add (or replace) the structure detector for one kind of module: ``detect(trace,
-    index)`` calls ``index.add(group, first_op)`` for each module call it recognizes.
-    ``names``: the facet names its groups may have (checked by ``tl.facet``)."""
-    _PROVIDERS[kind] = detect
-    _NAMES[kind] = tuple(names)
+@dataclass(frozen=True)
+class Provider:
+    """A structure detector for one kind of module: ``detect(trace, index)`` calls
+    ``index.add(group, first_op)`` for each module call it recognizes; ``names`` are the
+    facet names its groups may have (checked by ``tl.facet``)."""
 
-
-def known_names() -> dict[str, tuple[str, ...]]:
-    """Facet names by provider kind."""
-    return dict(_NAMES)
-
-
-def providers() -> Mapping[str, Detector]:
-    return dict(_PROVIDERS)
+    kind: str
+    detect: Detector
+    names: tuple[str, ...]
 
 
 class StructureIndex:
     """Every facet group of one trace, by owner (computed once, from metadata only)."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, providers: Sequence[Provider]) -> None:
         self.groups: dict[Owner, list[FacetGroup]] = {}
         self.notes: dict[Owner, list[str]] = {}
         self.order: dict[Owner, int] = {}
-        for detect in _PROVIDERS.values():
-            detect(trace, self)
+        for p in providers:
+            p.detect(trace, self)
 
     def add(self, group: FacetGroup, first_op: int) -> None:
         self.groups.setdefault(group.owner, []).append(group)
@@ -144,55 +138,37 @@ class StructureIndex:
         return sorted(found, key=lambda o: self.order[o])
 
 
-_CACHE: weakref.WeakKeyDictionary[Any, StructureIndex] = weakref.WeakKeyDictionary()
+# Facet values an edit produced, kept on the op it edited (a fork's own op, or a live
+# run's record): facets that exist only inside an op (a fused attention's pattern) are
+# read from here, since they cannot be rebuilt from the op's unedited inputs. They hold
+# while the op's payload is the tensor the edit returned.
+_EDITS = StashKey[tuple["weakref.ref[Tensor]", dict[tuple[Owner, str], Tensor]]]("facets.edits")
 
 
-def structure(trace: Trace) -> StructureIndex:
-    """The structure index of ``trace`` (built on first use, kept while the trace lives)."""
-    found = _CACHE.get(trace)
-    if found is None:
-        found = StructureIndex(trace)
-        _CACHE[trace] = found
-    return found
-
-
-# Facet values an edit produced, by the carrier op's new output tensor: a fork's (or a
-# live run's) facets that exist only inside an op (a fused attention's pattern) are read
-# from here, since they cannot be rebuilt from the op's unedited inputs. Keyed by id with
-# a weak reference (tensors compare elementwise, so they cannot be dict keys themselves).
-_EDITED: dict[int, tuple[weakref.ref[Tensor], dict[tuple[Owner, str], Tensor]]] = {}
-
-
-def _forget(key: int, r: weakref.ref[Tensor]) -> None:
-    entry = _EDITED.get(key)
-    if entry is not None and entry[0] is r:
-        del _EDITED[key]
-
-
-def _edits_of(t: Tensor) -> dict[tuple[Owner, str], Tensor]:
-    entry = _EDITED.get(id(t))
+def _edits_of(op: Any, t: Tensor) -> dict[tuple[Owner, str], Tensor]:
+    stash = getattr(op, "stash", None)
+    entry = stash.get(_EDITS) if stash is not None else None
     return entry[1] if entry is not None and entry[0]() is t else {}
 
 
-def remember_edit(old: Tensor, new: Tensor, owner: Owner, stages: Mapping[str, Tensor]) -> None:
-    """Record the facet values behind ``new``, the edited output of a carrier op."""
-    found = dict(_edits_of(old)) if old is not new else {}
+def remember_edit(op: Any, old: Tensor, new: Tensor, owner: Owner,
+                  stages: Mapping[str, Tensor]) -> None:
+    """Record on ``op`` the facet values behind ``new``, its edited output."""
+    found = dict(_edits_of(op, old)) if old is not new else {}
     found.update({(owner, name): t for name, t in stages.items()})
-    if not found:
-        return
-    key = id(new)
-    ref = weakref.ref(new, lambda r: _forget(key, r))
-    _EDITED[key] = (ref, found)
+    stash = getattr(op, "stash", None)
+    if found and stash is not None:
+        stash[_EDITS] = (weakref.ref(new), found)
 
 
 def edited_value(trace: Trace, ci: int, owner: Owner, name: str) -> Tensor | None:
     """The value facet ``name`` was edited to at op ``ci``, if op ``ci`` holds an edit."""
     from ._graph import records
 
-    p = records(trace)[ci].payload
-    if p is None:
+    rec = records(trace)[ci]
+    if rec.payload is None:
         return None
-    return _edits_of(p).get((owner, name))
+    return _edits_of(rec, rec.payload).get((owner, name))
 
 
 def rewritten(trace: Trace, ci: int, owner: Owner) -> bool:

@@ -16,14 +16,15 @@ after it. Aliases are off unless asked for.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from ..errors import SelectorError
+from ..trace.stash import StashKey
 from ._mapping import facets_of
-from ._registry import Owner, structure
+from ._providers import structure
+from ._registry import Owner
 from .selector import Facet, layout_perm
 
 if TYPE_CHECKING:
@@ -65,17 +66,16 @@ def with_aliases(trace: Trace, scheme: str | None = "transformer_lens") -> Trace
     """Turn on lookups by ``scheme``'s names (``None`` turns them off); returns the trace."""
     if scheme is not None and scheme not in SCHEMES:
         raise SelectorError(f"Unknown alias scheme {scheme!r}; known: {', '.join(SCHEMES)}.")
-    trace.options["aliases"] = scheme
+    trace.options = trace.options.but(aliases=scheme)
     return trace
 
 
-_TABLES: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, ...]]] = \
-    weakref.WeakKeyDictionary()
+_TABLE = StashKey[dict[str, tuple[Any, ...]]]("facets.aliases")
 
 
 def table(trace: Trace) -> dict[str, tuple[Any, ...]]:
     """Alias -> ('op', call index) or ('facet', owner, name)."""
-    found = _TABLES.get(trace)
+    found = trace.stash.get(_TABLE)
     if found is not None:
         return found
     found = {}
@@ -103,7 +103,7 @@ def table(trace: Trace) -> dict[str, tuple[Any, ...]]:
         for tl_name, ours in pairs.items():
             if ours in have:
                 found[f"blocks.{i}.attn.{tl_name}"] = ("facet", attn, ours)
-    _TABLES[trace] = found
+    trace.stash[_TABLE] = found
     return found
 
 
@@ -120,17 +120,17 @@ def _core(index: Any, owner: Owner) -> int:
 
 def resolve(trace: Trace, key: str) -> Any:
     """What an alias names in ``trace`` (an Op or a FacetView), or None."""
-    if trace.options.get("aliases") is None:
+    if trace.options.aliases is None:
         return None
     hit = table(trace).get(key)
     if hit is None:
         return None
     if hit[0] == "op":
-        return trace._by_call.get(hit[1])
+        return trace.op_at_call(hit[1])
     return FacetView(trace, hit[1], hit[2], key)
 
 
 def alias_keys(trace: Trace) -> list[str]:
-    if trace.options.get("aliases") is None:
+    if trace.options.aliases is None:
         return []
     return list(table(trace))

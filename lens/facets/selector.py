@@ -17,7 +17,6 @@ it against a reference trace of the same model.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InterventionError, SelectorError, close_matches
 from ..selectors import Not, Selector
 from ..selectors._protocol import OpLike, Timing
+from ..trace.stash import StashKey
 from ._edits import FacetEdit, Step
-from ._registry import Carrier, FacetGroup, Owner, known_names, structure
+from ._providers import known_names, structure
+from ._registry import Carrier, FacetGroup, Owner
 
 if TYPE_CHECKING:
     from ..trace import Trace
@@ -196,14 +197,13 @@ def facet_nodes(selector: Selector) -> list[Facet]:
     return nodes
 
 
-_TABLES: weakref.WeakKeyDictionary[Any, dict[int, list[tuple[Owner, str, FacetGroup,
-                                                              Carrier]]]] = \
-    weakref.WeakKeyDictionary()
+_CARRIERS = StashKey[dict[int, list[tuple[Owner, str, FacetGroup, Carrier]]]](
+    "facets.carriers")
 
 
 def carriers(trace: Trace) -> dict[int, list[tuple[Owner, str, FacetGroup, Carrier]]]:
     """Op call index -> the facets edited at that op (owner, name, group, carrier)."""
-    table = _TABLES.get(trace)
+    table = trace.stash.get(_CARRIERS)
     if table is None:
         table = {}
         index = structure(trace)
@@ -213,6 +213,6 @@ def carriers(trace: Trace) -> dict[int, list[tuple[Owner, str, FacetGroup, Carri
                     c = group.carrier(trace, name)
                     if c is not None:
                         table.setdefault(c.op, []).append((owner, name, group, c))
-        _TABLES[trace] = table
+        trace.stash[_CARRIERS] = table
     return table
 

@@ -10,7 +10,6 @@ Actions are immutable values; ``action.at[...]`` restricts one to an index of th
 
 from __future__ import annotations
 
-from ..trace import ext
 from ._base import Action, FnAction, Restricted, action
 from .actions import (
     clamp,
@@ -30,9 +29,6 @@ from .actions import (
 from .fork import Edit, Fork, find_sites, fork
 from .rules import InterventionWarning, LiveRule, When, when
 from .run import run
-
-ext.register("fork", fork)
-ext.register("find_sites", find_sites)
 
 __all__ = [
     "Action",

@@ -8,7 +8,7 @@ run. The first op that differs is named in the error (DESIGN decision 6).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -97,7 +97,7 @@ def _cuda_devices() -> list[int]:
 
 
 @contextmanager
-def preserved_rng(state: dict[str, Any] | None = None) -> Iterator[None]:
+def preserved_rng(state: Mapping[str, Any] | None = None) -> Iterator[None]:
     """Run with the default generators set to ``state`` (if given) and put them back
     afterwards, so helper passes do not shift the caller's random stream."""
     with torch.random.fork_rng(devices=_cuda_devices()):
@@ -106,7 +106,7 @@ def preserved_rng(state: dict[str, Any] | None = None) -> Iterator[None]:
         yield
 
 
-def set_rng(state: dict[str, Any]) -> None:
+def set_rng(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -81,17 +81,17 @@ def refuse_severing_edits(trace: Trace, edited: Iterable[int]) -> None:
 
 def output_structure(source_output: Any, trace: Trace, values: Mapping[int, Tensor]) -> Any:
     """``source_output`` with the tensors of replayed output ops swapped in."""
-    from ..capture.engine import _rebuild, _tensor_leaves
+    from ..capture.template import rebuild, tensor_leaves
 
     outs = [op for op in trace.ops if op.is_output]
-    leaves = list(_tensor_leaves(source_output, ()))
+    leaves = list(tensor_leaves(source_output, ()))
     if len(outs) != len(leaves):
         return source_output
     replaced = {path: values[op.call_index] for (path, _), op in zip(leaves, outs, strict=True)
                 if op.call_index in values}
     if not replaced:
         return source_output
-    return _rebuild(source_output, (), replaced)
+    return rebuild(source_output, (), replaced)
 
 
 __all__ = ["ForkInterpreter", "output_structure", "_INF"]

@@ -24,6 +24,7 @@ from ..capture.records import IDENTITY, OP
 from ..errors import InterventionError, PayloadError
 from ..selectors import Selector, coerce, split_call
 from ..trace import Layer, Op, OpGroup, Trace
+from ..trace.stash import Stash
 from ._base import Action, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, preserved_rng, records
@@ -65,7 +66,8 @@ class Fork(Trace):
         self._by_call = {op.call_index: op for op in self.ops}
         for op in self.ops:
             op.trace = self
-        self.options = dict(source.options)
+        self.options = source.options
+        self.stash = Stash()
         self.source = source
         self.edits: list[Edit] = []
         self._touched: set[int] = set()
@@ -132,7 +134,7 @@ class Fork(Trace):
         except PayloadError as e:
             raise PayloadError(
                 f"{e} The source trace was captured with save={src.save_spec!r} and "
-                f"intervention_ready={src.options.get('intervention_ready', False)}; replay "
+                f"intervention_ready={src.options.intervention_ready}; replay "
                 "reads every op it does not recompute, so capture it with "
                 "tl.trace(model, x, intervention_ready=True).") from None
         values = dict(interp.env)
@@ -152,11 +154,12 @@ class Fork(Trace):
                   interp: ForkInterpreter) -> list[tuple[float, Tensor]]:
         """Apply ``steps`` in order; each module-exit step starts a new version."""
         versions: list[tuple[float, Tensor]] = []
+        mine = self._by_call.get(op.call_index, op)  # edits are recorded on the fork's op
         for _spec, act, call in steps:
             if call is not None and (not versions or versions[-1][0] != call.last_op):
                 versions.append((call.last_op, value))
             consumer = op.call_index if call is None else call.first_op
-            site = ValueSite(op, value, functools.partial(_seen_by, interp, consumer), call)
+            site = ValueSite(mine, value, functools.partial(_seen_by, interp, consumer), call)
             value = checked(act.edit(value, site, ()), value, act, site)
         versions.append((_INF, value))
         return versions
@@ -208,7 +211,7 @@ class Fork(Trace):
         for edit in self.edits:
             targets = {ci: (None if call is None else call.key) for ci, call in edit.targets}
             rules.append(LiveRule(edit.spec, None, TARGETS, targets, matcher))
-        with preserved_rng(self.options.get("rng_state")):
+        with preserved_rng(self.options.rng_state):
             return trace(model, *args, input_kwargs=input_kwargs, save=save,
                          intervene=rules or None)
 
@@ -297,6 +300,8 @@ def _copy_op(op: Op) -> Op:
             value = getattr(op, name)
         except AttributeError:  # set later (labels, trace, gradients), not yet present
             continue
+        if name == "_stash":  # the fork's own slots, starting from the source's values
+            value = value.copy()
         setattr(n, name, list(value) if name in _LISTS else value)
     return n
 

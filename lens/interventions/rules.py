@@ -41,7 +41,7 @@ LIVE, EXIT, TARGETS = "live", "module_exit", "targets"
 def check_labels(ref: Any, sel: Selector) -> None:
     """Raise SelectorError (with close matches) if ``sel`` names a label ``ref`` lacks."""
     if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
-        sel.validate(labels=ref._lookup.keys())
+        sel.validate(labels=ref.keys())
 
 
 class InterventionWarning(UserWarning):

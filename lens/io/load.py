@@ -22,6 +22,7 @@ from ..capture import modes
 from ..capture.records import OP, ModuleCallRecord, ParamRef, Ref
 from ..errors import LoadError, ReplayError
 from ..trace import Layer, Op, Trace
+from ..trace.options import TraceOptions
 from . import _sizes, names
 from ._safe import loads_json, read_regular
 from ._tensors import read_trace_tensors
@@ -182,7 +183,7 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor],
                 or not isinstance(raw[1], list) or not all(isinstance(x, str) for x in raw[1])):
             raise LoadError(f"module_info.{address}: expected [class name, [param names]].")
         info[address] = (raw[0], tuple(raw[1]))
-    options = {k: _plain(decode(v, f"options.{k}")) for k, v in doc.mapping("options").items()}
+    options = _options(doc)
     for ci, reason in _sizes.unreplayable_reasons(ops, meta, max_op_bytes).items():
         op = slots[ci]
         op.func = NotReplayable(op.func_name, reason, op.func)
@@ -193,6 +194,15 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor],
                   save_spec=_plain(decode(doc.raw("save_spec"), "save_spec")),
                   halted=doc.flag("halted"), elapsed=doc.number("elapsed"), options=options)
     return trace
+
+
+def _options(doc: Reader) -> TraceOptions:
+    raw = doc.mapping("options")
+    unknown = sorted(set(raw) - TraceOptions.names())
+    if unknown:
+        raise LoadError(f"options: unknown option {unknown[0]!r:.60}; known: "
+                        f"{', '.join(sorted(TraceOptions.names()))}.")
+    return TraceOptions.of({k: _plain(decode(v, f"options.{k}")) for k, v in raw.items()})
 
 
 def _plain(v: Any) -> Any:

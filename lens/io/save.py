@@ -204,7 +204,7 @@ def document(trace: Trace, store: TensorStore, *, params: bool = True) -> dict[s
     """The JSON document of ``trace``; tensors go to ``store``."""
     calls = trace.module_calls
     call_pos = {id(c): i for i, c in enumerate(calls)}
-    first = trace.ops[0]._ops if trace.ops else []
+    first = trace.records
     param_values = trace.param_values if params else {}
     return {
         "format": FORMAT,

@@ -38,7 +38,7 @@ class Interpreter:
         v = self.env.get(call_index)
         if v is not None:
             return v
-        op = self.trace._by_call.get(call_index)
+        op = self.trace.op_at_call(call_index)
         if op is None or op.payload is None:
             label = op.label if op is not None else f"#{call_index}"
             raise PayloadError(

@@ -77,7 +77,7 @@ def _batch_stats(op: Op, positions: list[int]) -> bool:
 def _operand_items(tr: Trace, op: Op) -> list[tuple[int | str, Tensor]]:
     items: list[tuple[int | str, Tensor]] = []
     for c in op.parent_idx:
-        rec = tr._by_call.get(c)
+        rec = tr.op_at_call(c)
         if rec is not None and isinstance(rec.out, Tensor):
             items.append((c, rec.out))
     items += [(n, tr.param_values[n]) for n in op.params if n in tr.param_values]

@@ -13,7 +13,7 @@ from lens.selectors._base import Selector
 from lens.selectors._protocol import OpLike, Timing
 
 # 'features.6' or 'fc:2' (the second call of fc).
-_ADDRESS = re.compile(r"^(?P<address>[^:\s]+)(?::(?P<call>[1-9][0-9]*))?$")
+ADDRESS = re.compile(r"^(?P<address>[^:\s]+)(?::(?P<call>[1-9][0-9]*))?$")
 
 _ADDRESS_HELP = (
     "Module addresses are the names from model.named_modules(), e.g. 'features.6' or "
@@ -27,7 +27,7 @@ _LABEL_HELP = (
 
 def split_call(address: str) -> tuple[str, int | None]:
     """``'fc:2'`` -> ``('fc', 2)``; ``'fc'`` -> ``('fc', None)``."""
-    found = _ADDRESS.match(address)
+    found = ADDRESS.match(address)
     if found is None:
         raise SelectorError(
             f"{address!r} is not a module address. {_ADDRESS_HELP}, optionally with a "

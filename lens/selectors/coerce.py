@@ -25,7 +25,7 @@ from collections.abc import Collection
 from lens.errors import SelectorError
 from lens.selectors._base import ALL, NONE, Selector, any_of
 from lens.selectors._ops import ordinal
-from lens.selectors._places import _ADDRESS, label, label_contains, module
+from lens.selectors._places import ADDRESS, label, label_contains, module
 
 LABEL_PATTERN = re.compile(r"^[a-z0-9]+_\d+(_\d+)?(:\d+)?$")
 """What a final label looks like: ``{type}_{type_num}[_{total_num}][:{pass}]``."""
@@ -84,7 +84,7 @@ def _coerce_str(spec: str, addresses: frozenset[str] | None) -> Selector:
         return ALL
     if spec.lower() == "none":
         return NONE
-    found = _ADDRESS.match(spec)
+    found = ADDRESS.match(spec)
     if addresses is not None and found is not None and found.group("address") in addresses:
         return module(spec)
     if LABEL_PATTERN.match(spec):

@@ -53,7 +53,7 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise LensError("attribution_patching needs metric(output) to return a scalar "
                             "tensor (it is differentiated).")
-        leaves = [graph._by_call[c].out for c in sorted(calls)]
+        leaves = [graph.records[c].out for c in sorted(calls)]
         grads = torch.autograd.grad(value.reshape(()), leaves, allow_unused=True)
     by_call = dict(zip(sorted(calls), grads, strict=True))
     rows = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..bundles.bundle import _check_same_graph
+from ..bundles.bundle import check_same_graph
 from ..errors import InterventionError, LensError
 from ..replay.interpreter import Interpreter, downstream
 from ..selectors import coerce
@@ -54,7 +54,7 @@ class SweepRunner:
                 clean, corrupted = spec.inputs
                 self.source: Trace | None = _trace(model, *as_args(clean), input_kwargs=kw)
                 self.base = _trace(model, *as_args(corrupted), input_kwargs=kw)
-                _check_same_graph("clean", self.source, "corrupted", self.base)
+                check_same_graph("clean", self.source, "corrupted", self.base)
             else:
                 self.source = None
                 self.base = _trace(model, *as_args(spec.inputs[0]), input_kwargs=kw)

@@ -21,6 +21,7 @@ from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
 from .op import Op
+from .options import TraceOptions
 from .trace import Trace
 
 
@@ -53,10 +54,9 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         elapsed = perf_counter() - t0
         result = build(rec, model, output, save_sel if save_sel is not None else save,
                        elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
-    result.options.update(intervention_ready=intervention_ready, save_grads=save_grads)
+    result.options = result.options.but(intervention_ready=intervention_ready,
+                                         save_grads=save_grads, rng_state=rng)
     check_labels(result, save_sel)
-    if rng is not None:
-        result.options["rng_state"] = rng
     for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
         close = getattr(r, "close", None)
         if close is not None:
@@ -94,7 +94,7 @@ def check_labels(result: Trace, sel: Selector | None) -> None:
     if sel is None or result.halted:
         return
     if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
-        sel.validate(labels=result._lookup.keys())
+        sel.validate(labels=result.keys())
 
 
 def _rng_snapshot() -> dict[str, Any]:
@@ -118,7 +118,7 @@ def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float
                    module_calls=rec.module_calls, module_info=index.module_info,
                    param_meta=index.param_meta, param_values=index.param_values, output=output,
                    save_spec=save_spec, halted=rec.halted, elapsed=elapsed,
-                   options={"keep_orphans": keep_orphans, "detect_loops": detect_loops})
+                   options=TraceOptions(keep_orphans=keep_orphans, detect_loops=detect_loops))
     rec.finish()
     return result
 

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..capture.engine import _tensor_leaves
 from ..capture.known import check_names
 from ..capture.policy import SelectorPolicy
 from ..capture.records import INPUT, OUTPUT
+from ..capture.template import tensor_leaves
 from ..errors import PayloadError
 from ..selectors import ALL, Selector, coerce
-from . import ext
+from .stash import StashKey
+
+if TYPE_CHECKING:
+    from .trace import Trace
 
 
 class _Store:
@@ -87,17 +90,18 @@ class GradCapture:
         return f"GradCapture({self.selector!r})"
 
 
-# Inputs/outputs already given a hook, so repeated backward calls do not hook them twice.
-_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
+# Call indices of the inputs/outputs already given a hook (kept on the trace), so
+# repeated backward calls do not hook them twice.
+_HOOKED = StashKey[set[int]]("grads.hooked")
 
 
-def log_backward(trace: Any, loss: Tensor, retain_graph: bool = False) -> None:
+def log_backward(trace: Trace, loss: Tensor, retain_graph: bool = False) -> None:
     """Run ``loss.backward()`` and store each captured op's gradient in ``op.grad``.
 
     Needs a trace captured with ``save_grads=True`` (or a selector). Calling it again
     (with ``retain_graph=True`` on the earlier calls) adds to the stored gradients.
     """
-    spec = trace.options.get("save_grads", False)
+    spec = trace.options.save_grads
     if spec is False or spec is None:
         raise PayloadError(
             "This trace was captured without gradient capture, so backward has nowhere to "
@@ -113,11 +117,12 @@ def log_backward(trace: Any, loss: Tensor, retain_graph: bool = False) -> None:
     loss.backward(retain_graph=retain_graph)  # type: ignore[no-untyped-call]
 
 
-def _hook_sources(trace: Any, spec: Any) -> None:
+def _hook_sources(trace: Trace, spec: Any) -> None:
     sel = coerce(spec, module_addresses=set(trace.module_info))
     sel = sel.bind_ordinals(trace.ops)
-    outputs = [t for _, t in _tensor_leaves(trace.output, ())]
+    outputs = [t for _, t in tensor_leaves(trace.output, ())]
     n_out = 0
+    hooked = trace.stash.setdefault(_HOOKED, set)
     for op in trace.ops:
         if op.kind not in (INPUT, OUTPUT):
             continue
@@ -126,13 +131,11 @@ def _hook_sources(trace: Any, spec: Any) -> None:
             if value is None and n_out < len(outputs):
                 value = outputs[n_out]
             n_out += 1
-        if (op in _HOOKED or not isinstance(value, Tensor) or not value.requires_grad
+        if (op.call_index in hooked or not isinstance(value, Tensor) or not value.requires_grad
                 or not sel(op)):
             continue
         value.register_hook(_Store(op, None))  # type: ignore[no-untyped-call]
-        _HOOKED.add(op)
+        hooked.add(op.call_index)
 
-
-ext.register("log_backward", log_backward)
 
 __all__ = ["GradCapture", "log_backward"]

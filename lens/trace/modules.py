@@ -9,11 +9,11 @@ import torch
 
 from ..capture.records import ModuleCallRecord
 from ..errors import LookupKeyError, PayloadError, close_matches
-from . import ext
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..facets import Facets
     from .op import Op
     from .trace import Trace
 
@@ -29,10 +29,12 @@ class ModuleCall:
         self.key = rec.key
 
     @property
-    def facets(self) -> Any:
+    def facets(self) -> Facets:
         """Named views of this call (attention heads, recurrent states, the residual
         stream), computed on first access by ``lens.facets``."""
-        return ext.call("facets", self)
+        from ..facets import facets_for
+
+        return facets_for(self)
 
     @property
     def ops(self) -> list[Op]:
@@ -43,13 +45,13 @@ class ModuleCall:
 
     @property
     def outputs(self) -> list[Op]:
-        by = self.trace._by_call
-        return [by[i] for i in self.record.output_ops if i in by]
+        found = (self.trace.op_at_call(i) for i in self.record.output_ops)
+        return [op for op in found if op is not None]
 
     @property
     def inputs(self) -> list[Op]:
-        by = self.trace._by_call
-        return [by[i] for i in self.record.input_ops if i in by]
+        found = (self.trace.op_at_call(i) for i in self.record.input_ops)
+        return [op for op in found if op is not None]
 
     @property
     def out(self) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from ..capture.records import BUFFER, INPUT, OP, OUTPUT, OpRecord
 from ..errors import PayloadError
 from . import flops, fmt
+from .stash import Stash
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -23,13 +24,24 @@ if TYPE_CHECKING:
 class Op(OpRecord):
     """One executed op: one tensor produced by one call (one pass of one layer)."""
 
-    __slots__ = ("_index", "layer", "pass_num", "trace", "_grad", "_labels")
+    __slots__ = ("_index", "layer", "pass_num", "trace", "_grad", "_labels", "_stash")
     _index: int
     layer: Layer
     pass_num: int
     trace: Trace
     _grad: torch.Tensor | None
     _labels: frozenset[str]
+    _stash: Stash
+
+    @property
+    def stash(self) -> Stash:
+        """What other rooms attach to this op (facet values an edit produced, ...), by
+        typed key; made on first use, so ops that carry nothing pay nothing."""
+        try:
+            return self._stash
+        except AttributeError:
+            self._stash = Stash()
+            return self._stash
 
     @property
     def grad(self) -> torch.Tensor | None:
@@ -101,12 +113,12 @@ class Op(OpRecord):
     # --------------------------------------------------------------- graph
     @property
     def parents(self) -> list[Op]:
-        ops = self._ops
+        ops = self.recording
         return [ops[i] for i in self.parent_idx]
 
     @property
     def children(self) -> list[Op]:
-        ops = self._ops
+        ops = self.recording
         return [ops[i] for i in self.child_idx]
 
     @property

@@ -40,7 +40,7 @@ from ..capture.policy import STAGE_RANK, SelectorPolicy
 from ..capture.records import OpRecord
 from ..errors import CaptureError, LookupKeyError, PayloadError, expect
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
-from ..selectors._places import _ADDRESS
+from ..selectors._places import ADDRESS
 from .api import build, check_labels, recorder
 from .op import Op
 from .sparse import SparseRecording, record_sparse
@@ -120,7 +120,7 @@ class Recording:
             dl = self.options["detect_loops"] if detect_loops is None else detect_loops
             self._trace = build(self.recorder, self.model, self.output, self.save_spec,
                                 self.elapsed, keep_orphans=ko, detect_loops=dl)
-            self._trace.options.update(
+            self._trace.options = self._trace.options.but(
                 intervention_ready=self.options["intervention_ready"],
                 save_grads=self.options["save_grads"])
             if isinstance(self.save_spec, Selector):
@@ -243,7 +243,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
 
 def _site_selector(site: Any, addresses: set[str]) -> Selector:
     if isinstance(site, str):
-        hit = _ADDRESS.match(site)
+        hit = ADDRESS.match(site)
         if hit is not None and hit.group("address") in addresses:
             sel: Selector = module(site)
         else:

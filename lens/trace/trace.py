@@ -10,13 +10,19 @@ import torch
 
 from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord
 from ..errors import LookupKeyError, close_matches
-from . import ext, fmt
+from . import fmt
+from .grads import log_backward
 from .graph import GraphFacts
 from .modules import ModuleRecord, Modules, ParamRecord, Params
 from .op import Layer, Op, OpGroup
+from .options import TraceOptions
+from .stash import Stash
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ..facets import Facets
+    from ..interventions import Fork
 
 
 class Trace:
@@ -31,7 +37,7 @@ class Trace:
                  module_info: dict[str, tuple[str, tuple[str, ...]]],
                  param_meta: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
                  param_values: dict[str, torch.Tensor], output: Any, save_spec: Any,
-                 halted: bool, elapsed: float, options: dict[str, Any]) -> None:
+                 halted: bool, elapsed: float, options: TraceOptions) -> None:
         self.ops = ops
         self.layer_list = layers
         self.model_name = model_name
@@ -44,6 +50,7 @@ class Trace:
         self.halted = halted
         self.elapsed = elapsed
         self.options = options
+        self.stash = Stash()  # what other rooms derive from this trace (lens.trace.stash)
         self._by_call = {op.call_index: op for op in ops}
         for op in ops:
             op.trace = self
@@ -89,16 +96,16 @@ class Trace:
         hit = self._lookup.get(key)
         if hit is not None:
             return hit
-        if self.options.get("aliases"):  # other libraries' names (lens.facets.aliases)
-            hit = ext.call("alias", self, key)
+        if self.options.aliases:  # other libraries' names (lens.facets.aliases)
+            hit = self._alias(key)
             if hit is not None:
                 return hit
         raise LookupKeyError(self._miss_message(key))
 
     def _miss_message(self, key: str) -> str:
         keys = list(self._lookup)
-        if self.options.get("aliases"):
-            keys += ext.call("alias_keys", self)
+        if self.options.aliases:
+            keys += self._alias_keys()
         near = close_matches(key, keys)
         hint = f" Closest keys: {', '.join(near)}." if near else ""
         if key in self.module_info:
@@ -120,7 +127,18 @@ class Trace:
         return iter(self.ops)
 
     def keys(self) -> list[str]:
+        """Every label and module address this trace can be indexed by."""
         return list(self._lookup)
+
+    @property
+    def records(self) -> list[Op]:
+        """Every recorded op by call index, orphans included (``ops`` holds the kept ones)."""
+        return self.ops[0].recording if self.ops else []
+
+    def op_at_call(self, call_index: int) -> Op | None:
+        """The kept op recorded at ``call_index`` (its place in the recording), or None
+        if that op was trimmed as an orphan."""
+        return self._by_call.get(call_index)
 
     # ------------------------------------------------------------------ views
     @property
@@ -213,7 +231,7 @@ class Trace:
     def orphans_trimmed(self) -> int:
         """How many recorded ops were dropped as orphans (neither from an input nor
         feeding an output); 0 with ``keep_orphans=True``."""
-        return len(self.ops[0]._ops) - len(self.ops) if self.ops else 0
+        return len(self.records) - len(self.ops)
     # ------------------------------------------------------- end graph facts
 
     # ------------------------------------------------------------------ output
@@ -240,34 +258,58 @@ class Trace:
     def param_record(self, name: str) -> ParamRecord:
         return self.params[name]
 
-    # ------------------------------------------------------------------ extensions
-    # Implemented by rooms to the right of ``trace`` and registered in ``trace.ext``.
+    # ------------------------------------------------------------------ other rooms
+    # Conveniences for public functions of rooms to the right of ``trace``: each method
+    # only imports the function when called and hands ``self`` to it, so imports still
+    # point one way and mypy sees the real types (tests/test_structure.py checks the shape).
     def draw(self, path: str | None = None, **options: Any) -> str:
         """Render the graph with graphviz; returns the path written (see ``lens.draw``)."""
-        return ext.call("draw", self, path, **options)  # type: ignore[no-any-return]
+        from ..draw import draw
+
+        return draw(self, path, **options)
 
     def _repr_svg_(self) -> str | None:
-        return ext.call("svg", self)  # type: ignore[no-any-return]
+        from ..draw import repr_svg
 
-    def log_backward(self, loss: torch.Tensor, **options: Any) -> None:
+        return repr_svg(self)
+
+    def log_backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """Run ``loss.backward()`` and store per-op gradients (``op.grad``)."""
-        ext.call("log_backward", self, loss, **options)
+        log_backward(self, loss, retain_graph)
 
-    def fork(self) -> Any:
+    def fork(self) -> Fork:
         """A copy that shares every payload, for editing and replay (see interventions)."""
-        return ext.call("fork", self)
+        from ..interventions import fork
+
+        return fork(self)
 
     @property
-    def facets(self) -> Any:
+    def facets(self) -> Facets:
         """Facets of the model's own forward, outside every submodule (see lens.facets);
         a submodule's are ``trace.modules[address].facets``."""
-        return ext.call("facets", self)
+        from ..facets import facets_for
+
+        return facets_for(self)
 
     def with_aliases(self, scheme: str | None = "transformer_lens") -> Trace:
         """Also find ops and facets by another library's names, e.g.
         ``trace['blocks.0.attn.hook_pattern']`` (see lens.facets.aliases); returns self."""
-        return ext.call("with_aliases", self, scheme)  # type: ignore[no-any-return]
+        from ..facets import with_aliases
+
+        return with_aliases(self, scheme)
 
     def find_sites(self, selector: Any) -> list[str]:
         """Labels of the ops a selector matches."""
-        return ext.call("find_sites", self, selector)  # type: ignore[no-any-return]
+        from ..interventions import find_sites
+
+        return find_sites(self, selector)
+
+    def _alias(self, key: str) -> Any:
+        from ..facets import resolve_alias
+
+        return resolve_alias(self, key)
+
+    def _alias_keys(self) -> list[str]:
+        from ..facets import alias_keys
+
+        return alias_keys(self)
