@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from . import capture, extraction, interventions, sweeps
+from . import capture, extraction, inplace, interventions, sweeps
 from .common import THREADS, Section, bench_models
 
 SECTIONS = {
     "capture": capture.run,
     "postprocess": capture.postprocess,
+    "inplace": inplace.run,
     "extraction": extraction.run,
     "interventions": interventions.run,
     "sweeps": sweeps.run,
