@@ -15,7 +15,7 @@ from benchmarks import regimes, run  # noqa: E402
 
 TINY = regimes.Regime("dispatch", "tiny GPT-2 (smoke test)",
                       {"n_embd": 16, "n_head": 2, "tokens": 4, "n_layer": 6, "vocab": 64},
-                      threads=1, repeats=1, sweep_repeats=1, inplace_ops=40,
+                      threads=1, repeats=1, warmup=0, sweep_repeats=1, inplace_ops=40,
                       rss_in_subprocess=False)
 
 
