@@ -2,7 +2,8 @@
 #
 #   make demo    set up (first time only) and run the demo
 #   make test    set up and run the test suite (2 pytest-xdist workers)
-#   make bench   set up and run the benchmarks
+#   make bench   set up and run the benchmarks (both regimes, every section; ~10 min)
+#   make bench-quick  the issue-13 targets table, dispatch-bound regime only (~1 min)
 #   make lint    ruff + mypy --strict
 #   make clean   remove caches and build outputs (keeps .venv; `make distclean` drops it)
 
@@ -19,7 +20,7 @@ STAMP := $(VENV)/.installed
 # Only this exact spec resolves to the local CPU wheel; anything looser pulls GBs of CUDA.
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: install demo test bench lint clean distclean
+.PHONY: install demo test bench bench-quick lint clean distclean
 
 install: $(STAMP)
 
@@ -66,6 +67,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.run --only regimes --regime dispatch --quick
 
 # Both checks always run; the target fails if either does.
 lint: $(STAMP)

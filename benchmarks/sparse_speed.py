@@ -1,7 +1,7 @@
 """Quick figures for the hook path (not a test): GPT-2-shaped, n_layer=12, n_embd=64,
 n_head=4, 8 tokens (dispatch-bound). Ratios to the raw forward in the same process.
 
-    python -m scripts.sparse_speed
+    python -m benchmarks.sparse_speed
 """
 
 from __future__ import annotations
