@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from ..capture import Recorder, SaveNone, check_model, run_forward
+from ..capture import Recorder, SaveNone, check_model, hooked_module, run_forward
 from ..capture.args import check_input_kwargs
 from ..capture.model_index import ModelIndex
 from ..errors import CaptureError
@@ -24,7 +22,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     kwargs = dict(input_kwargs or {})
     if intervene is None:
         return model(*args, **kwargs)
-    index = ModelIndex(model)
+    index = ModelIndex(hooked_module(model))
     context = {"model": model, "args": args, "kwargs": kwargs,
                "module_addresses": index.addresses}
     rules = []
@@ -37,7 +35,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
             check(module_addresses=index.addresses)
         bind = getattr(r, "bind", None)
         rules.append(bind(context) if bind is not None else r)
-    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+    rec = Recorder(hooked_module(model), record_cls=Op,
                    policy=SaveNone(), interceptors=tuple(rules), index=index)
     output = run_forward(model, rec, args, kwargs)
     rec.finish()

@@ -11,7 +11,15 @@ from typing import Any
 
 from torch import nn
 
-from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture import (
+    PayloadOptions,
+    Recorder,
+    SaveAll,
+    SaveNone,
+    check_model,
+    hooked_module,
+    run_forward,
+)
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
@@ -72,7 +80,7 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
     check_model(model)
     check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
                   code_context=code_context, intervention_ready=intervention_ready)
-    index = ModelIndex(model)
+    index = ModelIndex(hooked_module(model))
     addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
     halt_fn = halt_predicate(halt, addresses) if halt is not None else None
@@ -80,7 +88,7 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
         "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
     if save_grads is not False and save_grads is not None:
         interceptors = (*interceptors, GradCapture(save_grads, addresses))
-    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+    rec = Recorder(hooked_module(model), record_cls=Op,
                    policy=policy, interceptors=interceptors, halt=halt_fn,
                    payload=PayloadOptions(detach, device, dtype), code_context=code_context,
                    index=index)
@@ -197,4 +205,7 @@ def _interceptors(intervene: Any, addresses: set[str],
 def _model_name(model: Any) -> str:
     if isinstance(model, nn.Module):
         return type(model).__name__
+    owner = hooked_module(model)
+    if owner is not None:  # a bound method: 'GPT2LMHeadModel.generate'
+        return f"{type(owner).__name__}.{model.__name__}"
     return getattr(model, "__name__", type(model).__name__)

@@ -30,9 +30,8 @@ from time import perf_counter
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..capture import PayloadOptions, Recorder, check_model, run_forward
+from ..capture import PayloadOptions, Recorder, check_model, hooked_module, run_forward
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
@@ -195,7 +194,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
                                  "e.g. tl.pluck(model, x, 'relu_1_2').")
         args, site = args[:-1], args[-1]
     check_model(model)
-    index = ModelIndex(model)
+    index = ModelIndex(hooked_module(model))
     sel = _site_selector(site, index.addresses)
     opts = {"detach": detach, "device": device, "dtype": dtype}
     kwargs = dict(input_kwargs or {})
@@ -208,7 +207,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
         raise _no_match(site)
     types = _label_types(sel)
     if types is not None:
-        engine = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+        engine = Recorder(hooked_module(model), record_cls=Op,
                           policy=_TypeCandidates(sel, types), payload=PayloadOptions(**opts),
                           index=index)
         output = run_forward(model, engine, args, kwargs)
