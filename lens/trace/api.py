@@ -24,6 +24,7 @@ from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import SelectorPolicy, halt_predicate
+from ..capture.slicing import SlicedPayload, check_index
 from ..errors import CaptureError
 from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
@@ -37,13 +38,19 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
           halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
           detect_loops: bool = True, lookback: int | None = None,
           code_context: bool = False, intervention_ready: bool = False,
-          save_grads: Any = False) -> Trace:
+          save_grads: Any = False, save_at: Any = None) -> Trace:
     """Run ``model(*args, **input_kwargs)`` once and record every tensor op.
+
+    ``model`` may be an nn.Module, a bound method of one (``model.generate``: the module's
+    calls are numbered, one per decoding step, see ``tl.step``), or a function.
 
     ``save`` chooses which payloads to keep (True, False, a selector, or a list of labels,
     module addresses, ordinals and substrings); metadata is kept for every op regardless.
     ``halt`` stops the forward right after the first op a selector matches.
     ``intervene`` takes ``tl.when(...)`` rules (or a list) applied to ops as they run.
+    ``save_at`` indexes every kept payload and keeps a compact copy of the slice
+    (``(slice(None), slice(-1, None))``: the last position of each step), so memory
+    follows the slice; such a trace cannot be replayed.
     """
     check_input_kwargs("tl.trace", input_kwargs)
     check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
@@ -51,7 +58,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
                              code_context=code_context,
-                             intervention_ready=intervention_ready, save_grads=save_grads)
+                             intervention_ready=intervention_ready, save_grads=save_grads,
+                             save_at=save_at)
     interceptors = rec.interceptors
     # Replay and rerun re-draw random ops from the RNG state the capture started from.
     rng = _rng_snapshot() if intervention_ready else None
@@ -62,6 +70,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         result = build(rec, model, output, save_sel if save_sel is not None else save,
                        elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
     result.options.update(intervention_ready=intervention_ready, save_grads=save_grads)
+    if save_at is not None:  # payloads are slices: replay and validation must refuse
+        result.options["sliced_payloads"] = True
     check_labels(result, save_sel)
     if rng is not None:
         result.options["rng_state"] = rng
@@ -75,11 +85,19 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
 def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save: Any,
              detach: bool, device: Any, dtype: Any, halt: Any, intervene: Any,
              lookback: int | None, code_context: bool, intervention_ready: bool,
-             save_grads: Any) -> tuple[Recorder, Selector | None]:
+             save_grads: Any, save_at: Any = None) -> tuple[Recorder, Selector | None]:
     """Check the model and set up a Recorder for one call (shared by trace and record)."""
     check_model(model)
     check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
                   code_context=code_context, intervention_ready=intervention_ready)
+    payload = PayloadOptions(detach, device, dtype)
+    if save_at is not None:
+        check_index("tl.trace", save_at)
+        if intervention_ready:
+            raise CaptureError(
+                "save_at= keeps a slice of each payload, but intervention_ready=True needs "
+                "every payload whole (replay reads them). Drop one of the two.")
+        payload = SlicedPayload(save_at, detach, device, dtype)
     index = ModelIndex(hooked_module(model))
     addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
@@ -90,7 +108,7 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
         interceptors = (*interceptors, GradCapture(save_grads, addresses))
     rec = Recorder(hooked_module(model), record_cls=Op,
                    policy=policy, interceptors=interceptors, halt=halt_fn,
-                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
+                   payload=payload, code_context=code_context,
                    index=index)
     return rec, save_sel
 

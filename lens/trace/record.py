@@ -121,6 +121,8 @@ class Recording:
             self._trace.options.update(
                 intervention_ready=self.options["intervention_ready"],
                 save_grads=self.options["save_grads"])
+            if self.options["sliced_payloads"]:
+                self._trace.options["sliced_payloads"] = True
             if isinstance(self.save_spec, Selector):
                 check_labels(self._trace, self.save_spec)
         return self._trace
@@ -136,7 +138,7 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
            halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
            detect_loops: bool = True, lookback: int | None = None,
            code_context: bool = False, intervention_ready: bool = False,
-           save_grads: Any = False) -> Recording:
+           save_grads: Any = False, save_at: Any = None) -> Recording:
     """Run ``model(*args, **input_kwargs)`` under the capture engine, skip postprocessing.
 
     Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
@@ -148,7 +150,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
                              code_context=code_context,
-                             intervention_ready=intervention_ready, save_grads=save_grads)
+                             intervention_ready=intervention_ready, save_grads=save_grads,
+                             save_at=save_at)
     t0 = perf_counter()
     output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0
@@ -158,7 +161,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
             close(rec if rec.halted else None)  # a halted run checks nothing
     return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
                      {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
-                      "intervention_ready": intervention_ready, "save_grads": save_grads})
+                      "intervention_ready": intervention_ready, "save_grads": save_grads,
+                      "sliced_payloads": save_at is not None})
 
 
 _LABEL_TYPE = re.compile(r"^([a-z0-9]+)_\d")
