@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +189,74 @@ def test_replay_refuses_an_edit_that_changes_where_generation_stops() -> None:
     fork = source.fork().intervene(tl.module(block), tl.steer(vec * 4))
     with pytest.raises(tl.InterventionError, match="branched on"):
         fork.replay()
+
+
+class _Greedy(nn.Module):
+    """A tiny causal model with a greedy ``generate`` and no cache: each step reruns the
+    whole sequence, so unsliced activations grow with the step count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(16, 8)
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.block(self.embed(ids))))
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, new: int) -> torch.Tensor:
+        for _ in range(new):
+            ids = torch.cat([ids, self(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return ids
+
+
+def _bytes_per_step(ops: Any) -> dict[int, int]:
+    per: dict[int, int] = {}
+    for op in ops:
+        if op.payload is not None and op.step:
+            per[op.step] = per.get(op.step, 0) + op.payload.untyped_storage().nbytes()
+    return per
+
+
+def test_saving_the_last_position_keeps_the_same_bytes_at_every_one_of_1000_steps() -> None:
+    model = _Greedy()
+    ids = torch.tensor([[1, 2, 3]])
+    last = (slice(None), slice(-1, None))
+    sliced = tl.record(model.generate, ids, 1000, save=tl.module("block"), save_at=last)
+    per = _bytes_per_step(sliced.ops)
+    assert sorted(per) == list(range(1, 1001))
+    assert set(per.values()) == {8 * 4}  # one position of 8 floats, at step 1 and step 1000
+    assert torch.equal(sliced.output, model.generate(ids, 1000))
+    whole = _bytes_per_step(tl.record(model.generate, ids, 20, save=tl.module("block")).ops)
+    assert whole[20] > whole[1]  # without save_at the saved bytes grow with the sequence
+    (step_3,) = [op.payload for op in sliced.ops if op.payload is not None and op.step == 3]
+    with torch.no_grad():  # step 3 reads the prompt and the first two new tokens
+        assert torch.allclose(step_3, model.block(model.embed(sliced.output[:, :5]))[:, -1:])
+
+
+def test_a_trace_with_sliced_payloads_refuses_replay_and_intervention_ready() -> None:
+    model = _Greedy()
+    ids = torch.tensor([[1, 2, 3]])
+    last = (slice(None), slice(-1, None))
+    trace = tl.trace(model.generate, ids, 3, save=tl.module("block"), save_at=last)
+    with pytest.raises(tl.InterventionError, match="slice"):
+        trace.fork().intervene(tl.module("block"), tl.zero_ablate()).replay()
+    with pytest.raises(tl.CaptureError, match="intervention_ready"):
+        tl.trace(model.generate, ids, 3, save_at=last, intervention_ready=True)
+    with pytest.raises(tl.ArgumentTypeError, match="save_at"):
+        tl.trace(model.generate, ids, 3, save_at="last")
+
+
+def test_the_readme_steering_example_runs_and_steers() -> None:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("## Steering a generation", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    plain = scope["model"].generate(scope["ids"], **scope["gen"])
+    assert not torch.equal(scope["every_step"], plain)
+    assert torch.equal(scope["step_3_only"][:, :6], plain[:, :6])  # 4 prompt + 2 steps
+    assert {op.payload.shape for op in scope["kept"].ops
+            if op.payload is not None and op.step} == {(1, 1, 32)}
