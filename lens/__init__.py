@@ -61,6 +61,8 @@ from .selectors import (
     module,
     nothing,
     preceded_by,
+    step,
+    steps,
     where,
 )
 from .sweeps import RayExecutor, SweepResult
@@ -123,6 +125,8 @@ __all__ = [
     "patch_from",
     "pluck",
     "preceded_by",
+    "step",
+    "steps",
     "project_off",
     "project_onto",
     "record",

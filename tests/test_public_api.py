@@ -12,7 +12,7 @@ PUBLIC = {
     "Layer", "OpGroup", "ModuleRecord", "ModuleCall", "show_graph",
     # selectors
     "func", "module", "in_module", "label", "followed_by", "preceded_by", "where",
-    "everything", "nothing",
+    "everything", "nothing", "step", "steps",
     # storage
     "save", "load", "extract_dataset", "load_dataset_activations",
     # interventions

@@ -2,10 +2,10 @@
 
 from .engine import Halt, Interceptor, PayloadOptions, Recorder, SaveAll, SaveNone, SavePolicy
 from .records import ModuleCallRecord, OpRecord, ParamRef, Ref
-from .run import bind_inputs, check_model, run_forward
+from .run import bind_inputs, check_model, hooked_module, run_forward
 
 __all__ = [
     "Halt", "Interceptor", "ModuleCallRecord", "OpRecord", "ParamRef", "PayloadOptions",
     "Recorder", "Ref", "SaveAll", "SaveNone", "SavePolicy", "bind_inputs", "check_model",
-    "run_forward",
+    "hooked_module", "run_forward",
 ]

@@ -164,6 +164,10 @@ class Recorder(TorchFunctionMode):
         self.ctx: tuple[ModuleCallRecord, ...] = ()
         self.next_call_id = 0
         self.halted = False
+        # Calls of the top module so far, and the one running now (0: none; run.py keeps
+        # both, so each decoding step of a traced model.generate is addressable).
+        self.steps = 0
+        self.step = 0
         self.thread = threading.get_ident()  # the thread running the forward (see attached)
         # how the call being recorded runs: generator state if it draws, its mode
         self._draw: rng.RngState | None = None
@@ -180,6 +184,8 @@ class Recorder(TorchFunctionMode):
         idx = len(ops)
         op = self.cls(ops, idx, kind, func, name, type_, args, kwargs, parents, None, tensor,
                       self.ctx, params, elapsed, out_index, call_id, mutates, address)
+        if self.step:
+            op.step = self.step
         ops.append(op)
         for p in parents:
             ops[p].child_idx.append(idx)

@@ -76,7 +76,7 @@ class OpRecord:
         "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
         "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
         "output_of", "params", "elapsed", "out_index", "call_id", "mutates",
-        "address", "fired", "code", "bool_used", "_ops", "_saved", "__weakref__",
+        "address", "fired", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
         # how the op ran: generator state before a random op, non-default grad/autocast
         "rng", "mode",
     )
@@ -120,6 +120,7 @@ class OpRecord:
         self.bool_used = False
         self.rng: RngState | None = None
         self.mode: Mode | None = None
+        self.step = 0  # which call of the top module it ran in (set by the recorder)
 
     @property
     def recording(self) -> list[Any]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -51,9 +54,22 @@ def _compiled_module_type() -> type | None:
     return found if isinstance(found, type) else None
 
 
+def hooked_module(model: Any) -> nn.Module | None:
+    """The module whose submodules are hooked: ``model`` itself, or the module a bound
+    method belongs to (``model.generate``: each decoding step is one call of the module,
+    so its submodules' call numbers count steps). None for a plain function."""
+    if isinstance(model, nn.Module):
+        return model
+    owner = getattr(model, "__self__", None)
+    if inspect.ismethod(model) and isinstance(owner, nn.Module):
+        return owner
+    return None
+
+
 def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> list[tuple[str, Tensor]]:
-    """Check the inputs against ``forward``'s signature; return (address, tensor) leaves."""
+    """Check the inputs against ``forward``'s signature (a bound method's own signature);
+    return (address, tensor) leaves."""
     fn = model.forward if isinstance(model, nn.Module) else model
     try:
         sig = inspect.signature(fn)
@@ -83,7 +99,7 @@ def run_forward(model: Any, rec: Recorder, args: tuple[Any, ...],
     for address, t in bind_inputs(model, args, kwargs):
         rec.add_input(t, address)
     output = None
-    with rec.attached():
+    with rec.attached(), _counting_steps(rec):
         try:
             output = model(*args, **kwargs)
         except Halt:
@@ -94,6 +110,41 @@ def run_forward(model: Any, rec: Recorder, args: tuple[Any, ...],
     for path, t in _tensor_leaves(output, ()):
         rec.add_output(t, ".".join(["output", *map(str, path)]))
     return output
+
+
+@contextmanager
+def _counting_steps(rec: Recorder) -> Iterator[None]:
+    """Number the calls of the top module (``rec.step`` while one runs, 0 between), so
+    ``tl.step(k)`` can select the k-th decoding step of a traced ``model.generate``. A
+    call nested in another call of the same module belongs to the outer one."""
+    root = rec.model
+    if root is None:
+        yield
+        return
+    thread = threading.get_ident()
+    depth = [0]
+
+    def enter(module: nn.Module, args: Any) -> None:
+        if threading.get_ident() == thread:
+            depth[0] += 1
+            if depth[0] == 1:
+                rec.steps += 1
+                rec.step = rec.steps
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if threading.get_ident() == thread:
+            depth[0] -= 1
+            if depth[0] == 0:
+                rec.step = 0
+
+    handles = [root.register_forward_pre_hook(enter),
+               root.register_forward_hook(leave, always_call=True)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        rec.step = 0
 
 
 def _add_note(e: BaseException, rec: Recorder) -> None:

@@ -11,8 +11,11 @@ for that call when edited), or the output projection for ``result``. ``module=``
 facets of module calls at or inside that address (``'h.0:2'``: that call only); ``&
 tl.in_module(...)`` filters carrier ops like any selector. Given to ``tl.when`` or
 ``fork().intervene``, the action edits only the facet's slice (``head``), through
-:func:`adapt_action`. Decided on a finished trace (timing ``'final'``): live rules resolve
-it against a reference trace of the same model.
+:func:`adapt_action`; the action receives that slice in the facet's documented layout,
+with the head axis kept (size 1 for ``head=3``), so ``tl.mean_ablate(over=(0, 2))`` on
+``z`` (``[batch, head, pos, d_head]``) averages over batch and position. Decided on a
+finished trace (timing ``'final'``): live rules resolve it against a reference trace of
+the same model.
 """
 
 from __future__ import annotations
@@ -152,8 +155,7 @@ class Facet(Selector):
                     f"{self!r}: facet {self.name!r} of {owner.name()} ({group.describe()}) "
                     "has no head dimension; leave out head=.")
             pos = perm.index(dim) if perm else dim
-            keys = ((slice(None),) * pos + (self.head if isinstance(self.head, int)
-                                            else list(self.head),),)
+            keys = ((slice(None),) * pos + (_keep_axis(self.head),),)
         return Step(owner, self.name, self.layout, keys, perm, carrier, self.head)
 
     def __repr__(self) -> str:
@@ -165,6 +167,14 @@ class Facet(Selector):
         if self.layout != "lens":
             parts.append(f"layout={self.layout!r}")
         return f"tl.facet({', '.join(parts)})"
+
+
+def _keep_axis(head: int | tuple[int, ...]) -> slice | list[int]:
+    """The index of ``head`` that keeps the head axis (size 1 for one head), so an action
+    sees the facet's documented layout and ``mean_ablate(over=...)`` means what it says."""
+    if isinstance(head, int):
+        return slice(head, head + 1 if head != -1 else None)
+    return list(head)
 
 
 def facet(name: str, head: int | Sequence[int] | None = None, module: str | None = None,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..capture.records import IDENTITY, OP
 from ..errors import InterventionError, PayloadError
+from ..replay.interpreter import tensors_equal
 from ..selectors import Selector, coerce, split_call
 from ..trace import Layer, Op, OpGroup, Trace
 from ..trace.stash import Stash
@@ -107,6 +108,11 @@ class Fork(Trace):
     # ------------------------------------------------------------------ replay
     def replay(self) -> Fork:
         """Recompute the ops downstream of the edited sites; returns the fork."""
+        if self.options.sliced_payloads:
+            raise InterventionError(
+                "This trace kept only a slice of each payload (save_at=), and replay needs "
+                "whole tensors. Capture with tl.trace(..., intervention_ready=True) to "
+                "replay, or edit live with tl.run(..., intervene=...).")
         self._restore()
         plan = self._plan()
         if not plan:
@@ -140,6 +146,7 @@ class Fork(Trace):
         values = dict(interp.env)
         for ci, versions in interp.versions.items():
             values[ci] = versions[-1][1]
+        _check_branches(src, interp.env)
         for ci, value in values.items():
             mine = self._by_call.get(ci)
             if mine is not None:
@@ -218,6 +225,22 @@ class Fork(Trace):
     def __repr__(self) -> str:
         return (f"<Fork of {self.model_name}: {len(self.ops)} ops, {len(self.edits)} "
                 f"edit{'s' if len(self.edits) != 1 else ''}>")
+
+
+def _check_branches(src: Trace, recomputed: dict[int, Tensor]) -> None:
+    """Refuse a replay that changed a value Python branched on (``if t:``, a generation's
+    stop test): the model would have taken another path, which replay cannot follow."""
+    for ci, value in recomputed.items():
+        op = src._by_call.get(ci)
+        if op is None or not op.bool_used or op.payload is None:
+            continue
+        if not tensors_equal(value, op.payload):
+            raise InterventionError(
+                f"The edit changes {describe(op)}, a value the model's Python code branched "
+                "on (for example a generation's stopping test): the edited run would take "
+                "another path, so replay cannot reproduce it. Run the edit live instead: "
+                "tl.run(model, ..., intervene=tl.when(site, action)), or fork.rerun(model, "
+                "...).")
 
 
 def fork(trace: Trace) -> Fork:

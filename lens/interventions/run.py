@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from ..capture import Recorder, SaveNone, check_model, run_forward
+from ..capture import Recorder, SaveNone, check_model, hooked_module, run_forward
 from ..capture.args import check_input_kwargs
 from ..capture.model_index import ModelIndex
 from ..capture.sparse import module_map
@@ -31,7 +29,8 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     kwargs = dict(input_kwargs or {})
     if intervene is None:
         return model(*args, **kwargs)
-    modules = module_map(model) if isinstance(model, nn.Module) else {}
+    top = hooked_module(model)
+    modules = module_map(top) if top is not None else {}
     addresses = set(modules)
     context = {"model": model, "args": args, "kwargs": kwargs,
                "module_addresses": addresses}
@@ -43,15 +42,15 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         check = getattr(r, "validate", None)
         if check is not None:
             check(module_addresses=addresses)
-    plan = hook_plan(specs, addresses) if isinstance(model, nn.Module) else None
+    plan = hook_plan(specs, addresses) if top is not None and top is model else None
     if plan is not None:  # every rule decided at module exits: hooks, no function mode
         return run_on_hooks(model, plan, args, kwargs)
     rules = []
     for r in specs:
         bind = getattr(r, "bind", None)
         rules.append(bind(context) if bind is not None else r)
-    index = ModelIndex(model)
-    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+    index = ModelIndex(top)
+    rec = Recorder(top, record_cls=Op,
                    policy=SaveNone(), interceptors=tuple(rules), index=index)
     output = run_forward(model, rec, args, kwargs)
     rec.finish()

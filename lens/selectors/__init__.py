@@ -43,11 +43,14 @@ from lens.selectors._places import (
     Label,
     LabelContains,
     Module,
+    Step,
     in_module,
     label,
     label_contains,
     module,
     split_call,
+    step,
+    steps,
 )
 from lens.selectors._protocol import TIMINGS, OpLike, Timing, latest
 from lens.selectors.coerce import LABEL_PATTERN, coerce
@@ -57,6 +60,8 @@ __all__ = [
     "func",
     "module",
     "in_module",
+    "step",
+    "steps",
     "label",
     "label_contains",
     "followed_by",
@@ -83,6 +88,7 @@ __all__ = [
     "Func",
     "Module",
     "InModule",
+    "Step",
     "Label",
     "LabelContains",
     "FollowedBy",

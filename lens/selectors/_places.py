@@ -1,6 +1,6 @@
 """Selectors on where an op sits: the output of a module (:func:`module`), anywhere inside
-a module (:func:`in_module`), or under a final label (:func:`label`,
-:func:`label_contains`)."""
+a module (:func:`in_module`), inside a call of the top module (:func:`step`,
+:func:`steps`), or under a final label (:func:`label`, :func:`label_contains`)."""
 
 from __future__ import annotations
 
@@ -134,6 +134,57 @@ class InModule(Selector):
 def in_module(address: str) -> InModule:
     """Every op inside a module's subtree, plus its output ops: ``tl.in_module('encoder')``."""
     return InModule(address)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Step(Selector):
+    """Matches every op run inside calls ``first`` .. ``last`` (inclusive, 1-based) of the
+    top module; ``last=None``: every call from ``first`` on."""
+
+    first: int
+    last: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("first", self.first), ("last", self.last)):
+            if value is None and name == "last":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SelectorError(
+                    f"tl.step/tl.steps take 1-based call numbers of the top module (1 is the "
+                    f"first call, e.g. the first decoding step); got {name}={value!r}.")
+        if self.last is not None and self.last < self.first:
+            raise SelectorError(
+                f"tl.steps({self.first}, {self.last}): the last step comes before the "
+                f"first. Both ends are included: tl.steps(2, 4) is steps 2, 3 and 4.")
+
+    def matches(self, op: OpLike) -> bool:
+        step = op.step
+        return step >= self.first and (self.last is None or step <= self.last)
+
+    @property
+    def timing(self) -> Timing:
+        return "live"
+
+    def __repr__(self) -> str:
+        if self.last == self.first:
+            return f"tl.step({self.first})"
+        if self.last is None:
+            return f"tl.steps({self.first})"
+        return f"tl.steps({self.first}, {self.last})"
+
+
+def step(k: int) -> Step:
+    """Every op of the ``k``-th call (1-based) of the top module: one decoding step of
+    ``tl.run(model.generate, ...)``. ``tl.step(3) & tl.module('transformer.h.1')`` is
+    block 1's output at step 3. Ops the traced callable runs between calls (the argmax,
+    the concatenation of the new token) belong to no step."""
+    return Step(k, k)
+
+
+def steps(first: int, last: int | None = None) -> Step:
+    """Every op of calls ``first`` .. ``last`` of the top module, both ends included
+    (``tl.steps(2, 4)``: steps 2, 3, 4); without ``last``, every step from ``first`` on."""
+    return Step(first, last)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -70,3 +70,8 @@ class OpLike(Protocol):
     @property
     def pass_num(self) -> int:
         """Which pass of its layer this op is (1-based)."""
+
+    @property
+    def step(self) -> int:
+        """Which call of the top module the op ran inside (1-based; 0 outside any call):
+        one decoding step when a bound method such as ``model.generate`` is traced."""

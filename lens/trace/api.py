@@ -11,11 +11,20 @@ from typing import Any
 
 from torch import nn
 
-from ..capture import PayloadOptions, Recorder, SaveAll, SaveNone, check_model, run_forward
+from ..capture import (
+    PayloadOptions,
+    Recorder,
+    SaveAll,
+    SaveNone,
+    check_model,
+    hooked_module,
+    run_forward,
+)
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import SelectorPolicy, halt_predicate
+from ..capture.slicing import SlicedPayload, check_index
 from ..errors import CaptureError
 from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
@@ -30,13 +39,19 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
           halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
           detect_loops: bool = True, lookback: int | None = None,
           code_context: bool = False, intervention_ready: bool = False,
-          save_grads: Any = False) -> Trace:
+          save_grads: Any = False, save_at: Any = None) -> Trace:
     """Run ``model(*args, **input_kwargs)`` once and record every tensor op.
+
+    ``model`` may be an nn.Module, a bound method of one (``model.generate``: the module's
+    calls are numbered, one per decoding step, see ``tl.step``), or a function.
 
     ``save`` chooses which payloads to keep (True, False, a selector, or a list of labels,
     module addresses, ordinals and substrings); metadata is kept for every op regardless.
     ``halt`` stops the forward right after the first op a selector matches.
     ``intervene`` takes ``tl.when(...)`` rules (or a list) applied to ops as they run.
+    ``save_at`` indexes every kept payload and keeps a compact copy of the slice
+    (``(slice(None), slice(-1, None))``: the last position of each step), so memory
+    follows the slice; such a trace cannot be replayed.
     """
     check_input_kwargs("tl.trace", input_kwargs)
     check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
@@ -44,7 +59,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
                              code_context=code_context,
-                             intervention_ready=intervention_ready, save_grads=save_grads)
+                             intervention_ready=intervention_ready, save_grads=save_grads,
+                             save_at=save_at)
     interceptors = rec.interceptors
     # Replay and rerun re-draw random ops from the RNG state the capture started from.
     rng = _rng_snapshot() if intervention_ready else None
@@ -54,8 +70,10 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         elapsed = perf_counter() - t0
         result = build(rec, model, output, save_sel if save_sel is not None else save,
                        elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
+    # sliced_payloads: payloads are slices (save_at=), so replay and validation must refuse
     result.options = result.options.but(intervention_ready=intervention_ready,
-                                         save_grads=save_grads, rng_state=rng)
+                                         save_grads=save_grads, rng_state=rng,
+                                         sliced_payloads=save_at is not None)
     check_labels(result, save_sel)
     for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
         close = getattr(r, "close", None)
@@ -67,12 +85,20 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
 def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save: Any,
              detach: bool, device: Any, dtype: Any, halt: Any, intervene: Any,
              lookback: int | None, code_context: bool, intervention_ready: bool,
-             save_grads: Any) -> tuple[Recorder, Selector | None]:
+             save_grads: Any, save_at: Any = None) -> tuple[Recorder, Selector | None]:
     """Check the model and set up a Recorder for one call (shared by trace and record)."""
     check_model(model)
     check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
                   code_context=code_context, intervention_ready=intervention_ready)
-    index = ModelIndex(model)
+    payload = PayloadOptions(detach, device, dtype)
+    if save_at is not None:
+        check_index("tl.trace", save_at)
+        if intervention_ready:
+            raise CaptureError(
+                "save_at= keeps a slice of each payload, but intervention_ready=True needs "
+                "every payload whole (replay reads them). Drop one of the two.")
+        payload = SlicedPayload(save_at, detach, device, dtype)
+    index = ModelIndex(hooked_module(model))
     addresses = index.addresses
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
     halt_fn = halt_predicate(halt, addresses) if halt is not None else None
@@ -80,9 +106,9 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
         "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
     if save_grads is not False and save_grads is not None:
         interceptors = (*interceptors, GradCapture(save_grads, addresses))
-    rec = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+    rec = Recorder(hooked_module(model), record_cls=Op,
                    policy=policy, interceptors=interceptors, halt=halt_fn,
-                   payload=PayloadOptions(detach, device, dtype), code_context=code_context,
+                   payload=payload, code_context=code_context,
                    index=index)
     return rec, save_sel
 
@@ -197,4 +223,7 @@ def _interceptors(intervene: Any, addresses: set[str],
 def _model_name(model: Any) -> str:
     if isinstance(model, nn.Module):
         return type(model).__name__
+    owner = hooked_module(model)
+    if owner is not None:  # a bound method: 'GPT2LMHeadModel.generate'
+        return f"{type(owner).__name__}.{model.__name__}"
     return getattr(model, "__name__", type(model).__name__)

@@ -18,6 +18,7 @@ class TraceOptions:
     - ``rng_state``: generator states at the start of the forward (``intervention_ready``
       only), so replay and rerun draw the same random numbers.
     - ``aliases``: the naming scheme ``trace.with_aliases`` turned on, or None.
+    - ``sliced_payloads``: payloads were cut by ``save_at=``, so replay and validate refuse.
     """
 
     keep_orphans: bool = False
@@ -26,6 +27,7 @@ class TraceOptions:
     save_grads: Any = False
     rng_state: Mapping[str, Any] | None = None
     aliases: str | None = None
+    sliced_payloads: bool = False
 
     def but(self, **changes: Any) -> TraceOptions:
         """A copy with ``changes`` applied."""

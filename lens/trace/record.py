@@ -30,9 +30,8 @@ from time import perf_counter
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..capture import PayloadOptions, Recorder, check_model, run_forward
+from ..capture import PayloadOptions, Recorder, check_model, hooked_module, run_forward
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
@@ -123,6 +122,8 @@ class Recording:
             self._trace.options = self._trace.options.but(
                 intervention_ready=self.options["intervention_ready"],
                 save_grads=self.options["save_grads"])
+            if self.options["sliced_payloads"]:
+                self._trace.options = self._trace.options.but(sliced_payloads=True)
             if isinstance(self.save_spec, Selector):
                 check_labels(self._trace, self.save_spec)
         return self._trace
@@ -138,7 +139,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
            halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
            detect_loops: bool = True, lookback: int | None = None,
            code_context: bool = False, intervention_ready: bool = False,
-           save_grads: Any = False, sparse: bool = False) -> Recording | SparseRecording:
+           save_grads: Any = False, save_at: Any = None,
+           sparse: bool = False) -> Recording | SparseRecording:
     """Run ``model(*args, **input_kwargs)`` under the capture engine, skip postprocessing.
 
     Takes the options of ``tl.trace``; ``keep_orphans`` and ``detect_loops`` apply when
@@ -165,7 +167,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
                              code_context=code_context,
-                             intervention_ready=intervention_ready, save_grads=save_grads)
+                             intervention_ready=intervention_ready, save_grads=save_grads,
+                             save_at=save_at)
     t0 = perf_counter()
     output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0
@@ -175,7 +178,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
             close(rec if rec.halted else None)  # a halted run checks nothing
     return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
                      {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
-                      "intervention_ready": intervention_ready, "save_grads": save_grads})
+                      "intervention_ready": intervention_ready, "save_grads": save_grads,
+                      "sliced_payloads": save_at is not None})
 
 
 _LABEL_TYPE = re.compile(r"^([a-z0-9]+)_\d")
@@ -211,7 +215,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
                                  "e.g. tl.pluck(model, x, 'relu_1_2').")
         args, site = args[:-1], args[-1]
     check_model(model)
-    index = ModelIndex(model)
+    index = ModelIndex(hooked_module(model))
     sel = _site_selector(site, index.addresses)
     opts = {"detach": detach, "device": device, "dtype": dtype}
     kwargs = dict(input_kwargs or {})
@@ -224,7 +228,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
         raise _no_match(site)
     types = _label_types(sel)
     if types is not None:
-        engine = Recorder(model if isinstance(model, nn.Module) else None, record_cls=Op,
+        engine = Recorder(hooked_module(model), record_cls=Op,
                           policy=_TypeCandidates(sel, types), payload=PayloadOptions(**opts),
                           index=index)
         output = run_forward(model, engine, args, kwargs)

@@ -304,3 +304,36 @@ def test_editing_expanded_kv_heads_of_fused_grouped_query_attention():
     assert torch.equal(f["v_expanded"][:, 3], torch.zeros_like(f["v_expanded"][:, 3]))
     assert torch.equal(f["z"][:, 3], torch.zeros_like(f["z"][:, 3]))  # its query head only
     assert torch.equal(f["z"][:, :3], f0["z"][:, :3])
+
+
+def _mean_cols(lo, hi):
+    def fn(x):  # x: [batch, pos, heads*d_head] entering the output projection
+        x = x.clone()
+        x[..., lo:hi] = x[..., lo:hi].mean(dim=(0, 1), keepdim=True)
+        return x
+    return fn
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny", "llama_tiny"])
+def test_mean_ablating_one_head_over_batch_and_position_equals_the_hand_computation(name):
+    model, args, kwargs = build(get(name))
+    attn, proj, n_heads, d = PROJ[name]
+    head = 2
+    want = _with_pre_hook(model, proj, _mean_cols(head * d, (head + 1) * d), args, kwargs)
+    sel = facet("z", head=head, module=attn)
+    shapes = []
+
+    def look(x):
+        shapes.append(tuple(x.shape))
+        return x
+
+    trace = tl.trace(model, *args, input_kwargs=kwargs, intervention_ready=True)
+    trace.fork().intervene(sel, tl.action(look)).replay()
+    batch, seq = args[0].shape
+    assert shapes == [(batch, 1, seq, d)]  # [batch, head, pos, d_head], the head axis kept
+    replayed = trace.fork().intervene(sel, tl.mean_ablate(over=(0, 2))).replay()
+    live = tl.run(model, *args, input_kwargs=kwargs,
+                  intervene=tl.when(sel, tl.mean_ablate(over=(0, 2))))
+    assert torch.allclose(_logits(replayed.output), want, atol=1e-5)
+    assert torch.allclose(_logits(live), want, atol=1e-5)
+    assert not torch.allclose(_logits(trace.output), want, atol=1e-5)

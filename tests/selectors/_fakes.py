@@ -20,6 +20,7 @@ class FakeOp:
     children: list[FakeOp] = field(default_factory=list)
     labels: frozenset[str] = frozenset()
     pass_num: int = 1
+    step: int = 0
 
     def __repr__(self) -> str:
         return f"FakeOp({self.type!r}, index={self.index})"

@@ -29,6 +29,7 @@ def plain_ops(draw: st.DrawFn) -> FakeOp:
             draw(st.lists(st.sampled_from(ADDRESSES + ["a.b:1", "x:2"]), max_size=2))
         ),
         labels=frozenset(draw(st.lists(st.sampled_from(LABELS), max_size=3))),
+        step=draw(st.integers(0, 4)),
     )
 
 
@@ -46,6 +47,10 @@ simple_leaves: st.SearchStrategy[tl.Selector] = st.one_of(
     st.sampled_from(ADDRESSES + ["a.b:1", "x:2"]).map(tl.module),
     st.lists(st.integers(0, 5), min_size=1, max_size=2).map(lambda i: tl.index(*i)),
     st.sampled_from(LABELS).map(tl.label),
+    st.integers(1, 4).map(tl.step),
+    st.tuples(st.integers(1, 4), st.one_of(st.none(), st.integers(0, 3))).map(
+        lambda ab: tl.steps(ab[0], None if ab[1] is None else ab[0] + ab[1])
+    ),
     st.sampled_from([tl.everything(), tl.nothing()]),
 )
 leaves = st.one_of(

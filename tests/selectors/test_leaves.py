@@ -167,3 +167,21 @@ def test_everything_and_nothing(ops: dict[str, FakeOp]) -> None:
     assert selected(tl.everything(), ops) == list(ops)
     assert selected(tl.nothing(), ops) == []
     assert tl.everything() is tl.ALL and tl.nothing() is tl.NONE
+
+
+def test_step_selects_one_call_of_the_top_module_and_steps_a_closed_range() -> None:
+    ops = [FakeOp("add", index=i, step=s) for i, s in enumerate([0, 1, 1, 0, 2, 3, 0, 4])]
+    assert [op.index for op in ops if tl.step(1)(op)] == [1, 2]
+    assert [op.index for op in ops if tl.steps(2, 3)(op)] == [4, 5]
+    assert [op.index for op in ops if tl.steps(3)(op)] == [5, 7]
+    assert [op.index for op in ops if (tl.step(2) | tl.step(4))(op)] == [4, 7]
+    assert tl.step(2).timing == "live"
+    assert repr(tl.steps(2, 2)) == "tl.step(2)" and repr(tl.steps(2)) == "tl.steps(2)"
+
+
+@pytest.mark.parametrize("build", [lambda: tl.step(0), lambda: tl.steps(3, 2),
+                                   lambda: tl.step(True), lambda: tl.steps(1, 0),
+                                   lambda: tl.step("2")])  # type: ignore[arg-type]
+def test_step_rejects_what_is_not_a_1_based_call_number(build) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SelectorError, match="tl.step"):
+        build()
