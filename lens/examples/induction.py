@@ -275,7 +275,8 @@ def train(config: Config, log_every: int = 0) -> tuple[AttnOnlyTransformer, dict
     # save, and much more on a busy machine.
     torch.set_num_threads(1)
     try:
-        return _train(config, log_every)
+        with torch.enable_grad():  # also when the caller turned gradients off globally
+            return _train(config, log_every)
     finally:
         torch.set_num_threads(threads)
 
