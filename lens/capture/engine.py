@@ -308,7 +308,8 @@ class Recorder(TorchFunctionMode):
                 mutated: int | None) -> Tensor:
         targs, tkwargs, parents, params = self._template(args, kwargs)
         self.next_call_id += 1
-        op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, out, params,
+        type_ = fi.type if not fi.divides else funcs.call_type(fi, kwargs)
+        op = self._new(OP, func, fi.name, type_, targs, tkwargs, parents, out, params,
                        elapsed, (), self.next_call_id, mutated)
         op.rng, op.mode = self._draw, self._mode
         if self.code_context:

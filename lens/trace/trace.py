@@ -104,6 +104,9 @@ class Trace:
         if key in self.module_info:
             return (f"Module {key!r} exists but produced no recorded output in this pass "
                     f"(never called, or halted before it).{hint}")
+        if key.startswith("div_"):
+            hint += (" True division (x / y, torch.true_divide, torch.div without "
+                     "rounding_mode) is labelled 'truediv_...'.")
         return (f"{key!r} names no op of this trace.{hint} Keys are labels such as "
                 f"{self.ops[min(1, len(self.ops) - 1)].label!r}, module addresses, or ordinals; "
                 "see trace.layer_labels.")
