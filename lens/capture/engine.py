@@ -57,8 +57,9 @@ class Interceptor(Protocol):
 
 
 class SavePolicy(Protocol):
-    """Decides which payloads to keep. ``stage`` is 'live', 'module_exit', 'window' or
-    'final'; ``None`` means "not decidable yet, ask again at a later stage"."""
+    """Decides which payloads to keep. ``stage`` is 'live', 'module_exit', 'lookahead'
+    (``lookback`` ops later) or 'final'; ``None`` means "not decidable yet, ask again at a
+    later stage". A policy with ``detach_pending`` holds undecided payloads detached."""
 
     lookback: int
 
@@ -185,7 +186,7 @@ class Recorder(TorchFunctionMode):
             if decision:
                 self._keep(op, tensor)
             elif decision is None:
-                self.pending[idx] = tensor
+                self._hold(idx, tensor)
         self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), Ref(idx))
         if self.pending and self.policy.lookback:
             self._drain_window(idx)
@@ -199,10 +200,17 @@ class Recorder(TorchFunctionMode):
                 op.payload = self.payload.apply(tensor)
         op._saved = True
 
+    def _hold(self, idx: int, tensor: Tensor) -> None:
+        """Keep an undecided payload until its op is decided (detached if the policy says)."""
+        if getattr(self.policy, "detach_pending", False):
+            with torch._C.DisableTorchFunction():
+                tensor = tensor.detach()
+        self.pending[idx] = tensor
+
     def _drain_window(self, idx: int) -> None:
         edge = idx - self.policy.lookback
         for j in [j for j in self.pending if j <= edge]:
-            decision = self.policy.decide(self.ops[j], "window")
+            decision = self.policy.decide(self.ops[j], "lookahead")
             if decision is not None:
                 t = self.pending.pop(j)
                 if decision:
@@ -334,7 +342,7 @@ class Recorder(TorchFunctionMode):
                 if op._saved:
                     self._keep(op, out)
                 elif op.call_index in self.pending:
-                    self.pending[op.call_index] = out
+                    self._hold(op.call_index, out)
         if self.halt is not None and self.halt(op):
             self.halted = True
             raise Halt()
@@ -480,7 +488,7 @@ class Recorder(TorchFunctionMode):
         if rec._saved:
             self._keep(rec, new)
         elif rec.call_index in self.pending:
-            self.pending[rec.call_index] = new
+            self._hold(rec.call_index, new)
 
     @contextmanager
     def attached(self) -> Iterator[Recorder]:
