@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
-from types import FrameType
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import funcs, modes, rng
+from .frames import user_stack
 from .model_index import ModelIndex
 from .records import (
     BUFFER,
@@ -321,7 +321,7 @@ class Recorder(TorchFunctionMode):
                        elapsed, (), self.next_call_id, mutated)
         op.rng, op.mode = self._draw, self._mode
         if self.code_context:
-            op.code = _user_frame()
+            op.code = user_stack()
         if self.interceptors:
             self.current_inputs = (args, kwargs)
         return self._after(op, out)
@@ -363,7 +363,7 @@ class Recorder(TorchFunctionMode):
                            elapsed, path, call_id, None)
             op.rng, op.mode = self._draw, self._mode
             if self.code_context:
-                op.code = _user_frame()
+                op.code = user_stack()
             try:
                 new = self._after(op, t)
             except Halt:
@@ -559,16 +559,3 @@ def _rebuild(obj: Any, path: Path, replaced: dict[Path, Tensor]) -> Any:
     return obj
 
 
-_TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
-
-
-def _user_frame() -> tuple[str, int, str] | None:
-    import sys
-
-    f: FrameType | None = sys._getframe(3)
-    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR)
-                             or "/lens/capture/" in f.f_code.co_filename):
-        f = f.f_back
-    if f is None:
-        return None
-    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name)
