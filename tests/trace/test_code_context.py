@@ -46,7 +46,7 @@ def test_without_code_context_asking_says_how_to_record_it():
     tr = tl.trace(_Net(), torch.rand(2, 4))
     assert tr["linear_1_1"].code is None
     with pytest.raises(tl.PayloadError, match="code_context=True"):
-        tr["linear_1_1"].code_context
+        _ = tr["linear_1_1"].code_context
 
 
 def test_code_context_survives_save_and_load(tmp_path):
