@@ -252,6 +252,13 @@ class Trace:
     def _repr_svg_(self) -> str | None:
         return ext.call("svg", self)  # type: ignore[no-any-return]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the summary table, and the graph as inline SVG when it is small
+        enough and Graphviz is installed (otherwise the table alone)."""
+        from .html import trace_html
+
+        return trace_html(self, self._repr_svg_())
+
     def log_backward(self, loss: torch.Tensor, **options: Any) -> None:
         """Run ``loss.backward()`` and store per-op gradients (``op.grad``)."""
         ext.call("log_backward", self, loss, **options)
