@@ -54,3 +54,13 @@ def test_code_context_survives_save_and_load(tmp_path):
     tl.save(tr, tmp_path / "t")
     back = tl.load(tmp_path / "t")
     assert back["mul_1_2"].code_context == tr["mul_1_2"].code_context
+
+
+def test_tl_summary_is_the_summary_of_a_trace_without_payloads():
+    torch.manual_seed(0)
+    model, x = _Net(), torch.rand(2, 4)
+    text = tl.summary(model, x)
+    saved = tl.trace(model, x).summary()
+    assert text.splitlines()[:-1] == saved.splitlines()[:-1]  # all but the payload count
+    assert text == tl.trace(model, x, save=False).summary()
+    assert "fc (Linear)" in text and "Forward FLOPs" in text
