@@ -68,6 +68,7 @@ from .selectors import (
 from .sweeps import RayExecutor, SweepResult
 from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
 from .trace.record import Recording, pluck, record
+from .trace.shortcuts import summary
 from .validate import ValidationReport, validate
 
 __version__ = "0.1.0"
@@ -138,6 +139,7 @@ __all__ = [
     "show_graph",
     "splice_module",
     "steer",
+    "summary",
     "swap_with",
     "sweep",
     "trace",

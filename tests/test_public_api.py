@@ -9,7 +9,7 @@ import lens
 PUBLIC = {
     # capture, trace and validation
     "trace", "record", "Recording", "pluck", "validate", "ValidationReport", "Trace", "Op",
-    "Layer", "OpGroup", "ModuleRecord", "ModuleCall", "show_graph",
+    "summary", "Layer", "OpGroup", "ModuleRecord", "ModuleCall", "show_graph",
     # selectors
     "func", "module", "in_module", "label", "followed_by", "preceded_by", "where",
     "everything", "nothing", "step", "steps",

@@ -130,8 +130,9 @@ assert rec.to_trace().labels == full.labels
 # renamed into place, so an interrupted run leaves only complete shards; running it
 # again skips them.
 #
-# The data: 48 fresh induction prompts, in batches of 8. The sites are named: the
-# residual stream after layer 0, and layer 1's attention pattern.
+# The data: 48 fresh induction prompts, in batches of 8, given as ready batches
+# (`batches=`; a list given as `data` would be taken as samples and collated). The sites
+# are named: the residual stream after layer 0, and layer 1's attention pattern.
 
 # %%
 data = [induction.prompts(config, batch=8, seed=100 + i)[0] for i in range(6)]
@@ -151,8 +152,8 @@ def crash_after(n: int):  # noqa: ANN201
 
 
 try:
-    tl.extract_dataset(model, data, sites, output_dir=store, on_batch=crash_after(3),
-                    progress=False)
+    tl.extract_dataset(model, None, sites, batches=data, output_dir=store,
+                       on_batch=crash_after(3), progress=False)
 except Stop as e:
     print("interrupted:", e)
 shards_before = sorted(p.name for p in store.glob("*.safetensors"))
@@ -160,8 +161,8 @@ print("shards on disk:", shards_before)
 assert len(shards_before) == 3
 
 seen: list[int] = []
-manifest = tl.extract_dataset(model, data, sites, output_dir=store,
-                           on_batch=lambda i, a: seen.append(i), progress=False)
+manifest = tl.extract_dataset(model, None, sites, batches=data, output_dir=store,
+                              on_batch=lambda i, a: seen.append(i), progress=False)
 print("resumed; traced batches", seen)
 assert seen == [3, 4, 5] and manifest["completed"]
 

@@ -111,6 +111,17 @@ class Bundle:
 
         return draw_bundle(self, path, member, metric, **options)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: one row per member, then the baseline's summary table."""
+        from ..trace.html import table, trace_html
+
+        rows: list[tuple[object, ...]] = [("member", "ops", "saved payloads", "baseline")]
+        rows += [(n, len(t.ops), sum(op.payload is not None for op in t.ops),
+                  "yes" if n == self.baseline else "") for n, t in self.traces.items()]
+        base = self.traces[self.baseline]
+        return (f"<div class='lens-bundle'>{table(rows, caption='Bundle members')}"
+                f"{trace_html(base, None)}</div>")
+
     def __repr__(self) -> str:
         base = self.traces[self.baseline]
         return (f"<Bundle of {base.model_name}: {self.names} (baseline {self.baseline!r}), "

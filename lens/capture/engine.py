@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
-from types import FrameType
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import funcs, modes, rng, storage
+from .frames import user_stack
 from .model_index import ModelIndex
 from .records import (
     BUFFER,
@@ -59,8 +59,9 @@ class Interceptor(Protocol):
 
 
 class SavePolicy(Protocol):
-    """Decides which payloads to keep. ``stage`` is 'live', 'module_exit', 'window' or
-    'final'; ``None`` means "not decidable yet, ask again at a later stage"."""
+    """Decides which payloads to keep. ``stage`` is 'live', 'module_exit', 'lookahead'
+    (``lookback`` ops later) or 'final'; ``None`` means "not decidable yet, ask again at a
+    later stage". A policy with ``detach_pending`` holds undecided payloads detached."""
 
     lookback: int
 
@@ -196,7 +197,7 @@ class Recorder(TorchFunctionMode):
             if decision:
                 self._keep(op, tensor)
             elif decision is None:
-                self.pending[idx] = tensor
+                self._hold(idx, tensor)
         self.store.kept(idx)
         if kind is not OP and kind is not OUTPUT and kind is not IDENTITY:
             self._sources.append(tensor)
@@ -214,10 +215,17 @@ class Recorder(TorchFunctionMode):
                 op.payload = self.payload.apply(tensor)
         op._saved = True
 
+    def _hold(self, idx: int, tensor: Tensor) -> None:
+        """Keep an undecided payload until its op is decided (detached if the policy says)."""
+        if getattr(self.policy, "detach_pending", False):
+            with torch._C.DisableTorchFunction():
+                tensor = tensor.detach()
+        self.pending[idx] = tensor
+
     def _drain_window(self, idx: int) -> None:
         edge = idx - self.policy.lookback
         for j in [j for j in self.pending if j <= edge]:
-            decision = self.policy.decide(self.ops[j], "window")
+            decision = self.policy.decide(self.ops[j], "lookahead")
             if decision is not None:
                 t = self.pending.pop(j)
                 if decision:
@@ -427,11 +435,12 @@ class Recorder(TorchFunctionMode):
                 mutated: int | None, pre: Template | None = None) -> Tensor:
         targs, tkwargs, parents, params = pre or self._template(args, kwargs)
         self.next_call_id += 1
-        op = self._new(OP, func, fi.name, fi.type, targs, tkwargs, parents, out, params,
+        type_ = fi.type if not fi.divides else funcs.call_type(fi, kwargs)
+        op = self._new(OP, func, fi.name, type_, targs, tkwargs, parents, out, params,
                        elapsed, (), self.next_call_id, mutated)
         op.rng, op.mode = self._draw, self._mode
         if self.code_context:
-            op.code = _user_frame()
+            op.code = user_stack()
         if self.interceptors:
             self.current_inputs = (args, kwargs)
         return self._after(op, out)
@@ -454,7 +463,7 @@ class Recorder(TorchFunctionMode):
                 if op._saved:
                     self._keep(op, out)
                 elif op.call_index in self.pending:
-                    self.pending[op.call_index] = out
+                    self._hold(op.call_index, out)
                 self.store.kept(op.call_index)
         if self.halt is not None and self.halt(op):
             self.halted = True
@@ -477,7 +486,7 @@ class Recorder(TorchFunctionMode):
                            elapsed, path, call_id, None)
             op.rng, op.mode = self._draw, self._mode
             if self.code_context:
-                op.code = _user_frame()
+                op.code = user_stack()
             try:
                 new = self._after(op, t)
             except Halt:
@@ -604,7 +613,7 @@ class Recorder(TorchFunctionMode):
         if rec._saved:
             self._keep(rec, new)
         elif rec.call_index in self.pending:
-            self.pending[rec.call_index] = new
+            self._hold(rec.call_index, new)
         self.store.kept(rec.call_index)
 
     @contextmanager
@@ -649,16 +658,3 @@ Template = tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], tuple[str, ..
 _SIDE = frozenset({"batch_norm", "instance_norm"})
 
 
-_TORCH_DIR = torch.__file__.rsplit("/", 1)[0]
-
-
-def _user_frame() -> tuple[str, int, str] | None:
-    import sys
-
-    f: FrameType | None = sys._getframe(3)
-    while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR)
-                             or "/lens/capture/" in f.f_code.co_filename):
-        f = f.f_back
-    if f is None:
-        return None
-    return (f.f_code.co_filename, f.f_lineno, f.f_code.co_name)

@@ -28,6 +28,19 @@ class FuncInfo(NamedTuple):
     inplace_flag: int | None  # position of an ``inplace=`` parameter, if any
     query: bool = False  # a metadata query that never returns a tensor (shape, dim, ...)
     random: bool = False  # may draw random numbers (see lens.capture.rng)
+    divides: bool = False  # type depends on the call: 'truediv' unless a rounding_mode
+
+
+# Division through div/divide/true_divide: true division is recorded as 'truediv' (the
+# name of Python's ``/``), division with a rounding mode as 'div'.
+_DIVISIONS = frozenset({"div", "divide", "truedivide", "truediv"})
+
+
+def call_type(fi: FuncInfo, kwargs: dict[str, Any]) -> str:
+    """The op type of one call of ``fi`` (only divisions depend on their arguments)."""
+    if not fi.divides:
+        return fi.type
+    return "div" if kwargs.get("rounding_mode") is not None else "truediv"
 
 
 # Tensor methods and properties that only read metadata: the engine passes them straight
@@ -93,7 +106,8 @@ def _compute(func: Any) -> FuncInfo:
     # only Tensor methods and property getters (bound to a class or a descriptor)
     query = name in _QUERIES and (getattr(func, "__self__", None) is not None
                                   or getattr(func, "__objclass__", None) is not None)
-    return FuncInfo(name, op_type(name), inplace_arg, flag, query, may_draw(name))
+    type_ = op_type(name)
+    return FuncInfo(name, type_, inplace_arg, flag, query, may_draw(name), type_ in _DIVISIONS)
 
 
 def mutated_arg(fi: FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:

@@ -10,8 +10,10 @@ the interruption is adopted, and the rest is computed. Nothing is written twice 
 files are the same bytes as an uninterrupted run's. A run with a different spec (sites,
 batch size, shard size, model class, dtype) aimed at the same directory is refused.
 
-Batches: a ``torch.utils.data.Dataset`` (indexed and collated here, ``batch_size`` at a
-time), a ``DataLoader`` (its own batching), or any iterable of batches. A batch that is a
+Samples or batches: ``data`` is a ``torch.utils.data.Dataset`` or a list/tuple of samples
+(both collated here, ``batch_size`` at a time), a tensor (split along dim 0), or a
+``DataLoader`` (its own batching); any other iterable of ready batches goes to
+``batches=`` (so a list of samples is never mistaken for batches). A batch that is a
 tensor is the model's input; a tuple or list gives its first element as the input (the
 rest, such as labels, is ignored); a dict is passed as keyword arguments. Pass
 ``inputs=fn`` (batch -> (args, kwargs)) for anything else. Batches run under
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import LensError, LoadError, PayloadError
+from ..errors import ArgumentTypeError, LensError, LoadError, PayloadError
 from ..selectors import Selector
 from ..trace import Op, trace
 from ._dataset_files import FORMAT, VERSION, check_manifest, read_manifest_json, read_shard
@@ -41,8 +43,9 @@ from ._lock import FolderLock
 MANIFEST = "manifest.json"
 
 
-def extract_dataset(model: Any, data: Any, sites: Any = None, *,
+def extract_dataset(model: Any, data: Any = None, sites: Any = None, *,
                     output_dir: str | os.PathLike[str], layers: Any = None,
+                    batches: Iterable[Any] | None = None,
                     batch_size: int = 32, batches_per_shard: int = 1,
                     resume: bool | Literal["force"] = True,
                     on_batch: Callable[[int, dict[str, torch.Tensor]], Any] | None = None,
@@ -60,24 +63,30 @@ def extract_dataset(model: Any, data: Any, sites: Any = None, *,
     if (sites is None) == (layers is None):
         raise LensError("extract_dataset needs the sites to save: pass sites=[...] (or "
                         "layers=[...]), e.g. sites=['relu_1_2', 'features.6'].")
+    if (data is None) == (batches is None):
+        raise LensError("extract_dataset needs the data once: samples as data= (a Dataset, "
+                        "a list or tuple of samples, a tensor, or a DataLoader), or ready "
+                        "batches as batches=[...].")
     if resume not in (True, False, "force"):
         raise LensError(f"resume={resume!r}: use True, False or 'force'.")
     named = _named_sites(sites if sites is not None else layers)
+    source = _samples(data, batch_size) if batches is None else (batches, _len(batches))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out, "extraction"):
-        return _extract(model, data, named, out, batch_size, batches_per_shard, resume,
+        return _extract(model, source, named, out, batch_size, batches_per_shard, resume,
                         on_batch, inputs, dtype, progress)
 
 
-def _extract(model: Any, data: Any, named: dict[str, Any], out: Path, batch_size: int,
+def _extract(model: Any, source: tuple[Iterable[Any], int | None], named: dict[str, Any],
+             out: Path, batch_size: int,
              batches_per_shard: int, resume: bool | str, on_batch: Any, inputs: Any,
              dtype: torch.dtype | None, progress: bool) -> dict[str, Any]:
     spec = {"sites": {k: repr(v) for k, v in named.items()}, "batch_size": int(batch_size),
             "batches_per_shard": int(batches_per_shard),
             "model": type(model).__name__, "dtype": None if dtype is None else str(dtype)}
     spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    batches, total = _batches(data, batch_size)
+    batches, total = source
     batches, first = _peek(batches)
     prints = {"model": model_fingerprint(model),
               "data": f"{total} batches, first {batch_fingerprint(first)}"}
@@ -213,12 +222,14 @@ def _peek(batches: Iterable[Any]) -> tuple[Iterator[Any], Any]:
     return itertools.chain([first], it), first
 
 
-def _batches(data: Any, batch_size: int) -> tuple[Iterable[Any], int | None]:
+def _samples(data: Any, batch_size: int) -> tuple[Iterable[Any], int | None]:
+    """Batches from ``data=``: a DataLoader's own, or ``batch_size`` samples collated."""
     from torch.utils.data import DataLoader, Dataset, default_collate
 
     if isinstance(data, DataLoader):
         return data, _len(data)
-    if isinstance(data, Dataset) and _len(data) is not None:
+    if isinstance(data, (list, tuple)) or (isinstance(data, Dataset)
+                                            and _len(data) is not None):
         n = len(data)  # type: ignore[arg-type]
 
         def collate(start: int) -> Any:
@@ -231,7 +242,10 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterable[Any], int | None]:
     if isinstance(data, torch.Tensor):
         n = data.shape[0]
         return (data[s:s + batch_size] for s in range(0, n, batch_size)), -(-n // batch_size)
-    return data, _len(data)
+    raise ArgumentTypeError(
+        f"extract_dataset(data=...) takes samples (a Dataset, a list or tuple of samples, a "
+        f"tensor) or a DataLoader; got {type(data).__name__}. Pass an iterable of ready "
+        "batches as batches=... instead.")
 
 
 class _Lazy:

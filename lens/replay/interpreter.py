@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..capture import modes, rng, storage
+from ..capture.frames import frames
 from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, ParamRef, Ref
 from ..errors import PayloadError, ReplayError
 from ..trace import Op, Trace
@@ -81,8 +82,9 @@ class Interpreter:
             raise
         except Exception as e:
             where = ""
-            if op.code is not None:
-                where = f" Recorded at {op.code[0]}:{op.code[1]} in {op.code[2]}()."
+            if op.code:
+                at = frames(op.code)[0]
+                where = f" Recorded at {at.file}:{at.line_number} in {at.func_name}()."
             raise ReplayError(
                 f"Replaying {op.label} ({op.func_name}) failed: {type(e).__name__}: {e}."
                 f"{where}") from e

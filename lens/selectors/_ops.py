@@ -5,7 +5,7 @@ callable decides (:func:`where`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lens.errors import SelectorError
 from lens.selectors._base import Selector
@@ -52,6 +52,16 @@ def normalize_op_type(name: str) -> str:
     return name.replace("_", "").lower()
 
 
+# Names that also find ops recorded under another type: ``x / y``, ``torch.true_divide``
+# and ``torch.div`` without a rounding mode are recorded as ``'truediv'`` (the Python
+# operator's name), so ``tl.func('div')`` (any division through div) still finds them.
+TYPE_ALIASES: dict[str, tuple[str, ...]] = {
+    "div": ("truediv",),
+    "divide": ("div", "truediv"),
+    "truedivide": ("truediv",),
+}
+
+
 def _tuple_of(
     kind: str, values: object, check: Callable[[object], str | None]
 ) -> tuple[object, ...]:
@@ -81,14 +91,17 @@ class Func(Selector):
     """Matches ops whose normalized type is one of ``types``."""
 
     types: tuple[str, ...]
+    accepts: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = _tuple_of("tl.func", self.types, _name_problem)
         normalized = tuple(dict.fromkeys(normalize_op_type(str(n)) for n in names))
         object.__setattr__(self, "types", normalized)
+        extra = (alias for t in normalized for alias in TYPE_ALIASES.get(t, ()))
+        object.__setattr__(self, "accepts", frozenset((*normalized, *extra)))
 
     def matches(self, op: OpLike) -> bool:
-        return op.type in self.types
+        return op.type in self.accepts
 
     @property
     def timing(self) -> Timing:

@@ -76,5 +76,11 @@ class SweepResult:
             p.write_text("".join(json.dumps(r, default=str) + "\n" for r in self.rows))
         return str(p)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the pivot table and the heatmap (inline PNG)."""
+        from ._html import sweep_html
+
+        return sweep_html(self)
+
     def __repr__(self) -> str:
         return f"<SweepResult {self.spec.get('kind')}: {len(self.rows)} rows>"

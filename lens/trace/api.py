@@ -23,9 +23,9 @@ from ..capture import (
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
-from ..capture.policy import SelectorPolicy, halt_predicate
+from ..capture.policy import PAYLOAD_POLICIES, PayloadPolicy, SelectorPolicy, halt_predicate
 from ..capture.slicing import SlicedPayload, check_index
-from ..errors import CaptureError
+from ..errors import CaptureError, SelectorError, expect
 from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
@@ -38,6 +38,7 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
           save: Any = True, detach: bool = False, device: Any = None, dtype: Any = None,
           halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
           detect_loops: bool = True, lookback: int | None = None,
+          lookback_payload_policy: str = "metadata_only",
           code_context: bool = False, intervention_ready: bool = False,
           save_grads: Any = False, save_at: Any = None) -> Trace:
     """Run ``model(*args, **input_kwargs)`` once and record every tensor op.
@@ -52,6 +53,11 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     ``save_at`` indexes every kept payload and keeps a compact copy of the slice
     (``(slice(None), slice(-1, None))``: the last position of each step), so memory
     follows the slice; such a trace cannot be replayed.
+    ``lookback`` decides ``save=`` selectors that read later ops (``tl.followed_by``) that
+    many ops after each candidate instead of on the finished pass; it needs
+    ``lookback_payload_policy='detached_raw'`` (hold up to ``lookback`` candidate
+    payloads, detached). ``code_context=True`` records each op's user call stack
+    (``op.code_context``).
     """
     check_input_kwargs("tl.trace", input_kwargs)
     check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
@@ -60,7 +66,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
                              code_context=code_context,
                              intervention_ready=intervention_ready, save_grads=save_grads,
-                             save_at=save_at)
+                             save_at=save_at,
+                             lookback_payload_policy=lookback_payload_policy)
     interceptors = rec.interceptors
     # Replay and rerun re-draw random ops from the RNG state the capture started from.
     rng = _rng_snapshot() if intervention_ready else None
@@ -85,7 +92,9 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
 def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save: Any,
              detach: bool, device: Any, dtype: Any, halt: Any, intervene: Any,
              lookback: int | None, code_context: bool, intervention_ready: bool,
-             save_grads: Any, save_at: Any = None) -> tuple[Recorder, Selector | None]:
+             save_grads: Any, save_at: Any = None,
+             lookback_payload_policy: str = "metadata_only"
+             ) -> tuple[Recorder, Selector | None]:
     """Check the model and set up a Recorder for one call (shared by trace and record)."""
     check_model(model)
     check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
@@ -100,7 +109,8 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
         payload = SlicedPayload(save_at, detach, device, dtype)
     index = ModelIndex(hooked_module(model))
     addresses = index.addresses
-    save_sel, policy = _policy(save, addresses, lookback, intervention_ready)
+    payloads = _payload_policy(lookback_payload_policy)
+    save_sel, policy = _policy(save, addresses, lookback, intervention_ready, payloads)
     halt_fn = halt_predicate(halt, addresses) if halt is not None else None
     interceptors = _interceptors(intervene, addresses, {
         "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
@@ -186,8 +196,20 @@ def _grouper(detect_loops: bool) -> Callable[[list[Op]], list[int]]:
     return lambda ops: find_layers(ops, detect_loops=detect_loops)
 
 
+def _payload_policy(value: Any) -> PayloadPolicy:
+    expect(value, str, "tl.trace(..., lookback_payload_policy=)",
+           f"one of {', '.join(map(repr, PAYLOAD_POLICIES))}")
+    for known in PAYLOAD_POLICIES:
+        if value == known:
+            return known
+    raise SelectorError(
+        f"lookback_payload_policy={value!r} is not a policy; use 'metadata_only' (hold no "
+        "candidate payloads) or 'detached_raw' (hold up to lookback of them, detached).")
+
+
 def _policy(save: Any, addresses: set[str], lookback: int | None,
-            intervention_ready: bool) -> tuple[Selector | None, Any]:
+            intervention_ready: bool, payloads: PayloadPolicy = "metadata_only"
+            ) -> tuple[Selector | None, Any]:
     if save is True:
         return None, SaveAll()
     if save is False or save is None:
@@ -197,7 +219,7 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
     check_names(sel, addresses)
     if intervention_ready:
         return sel, SaveAll()
-    return sel, SelectorPolicy(sel, lookback or 0)
+    return sel, SelectorPolicy(sel, lookback or 0, payloads)
 
 
 def _interceptors(intervene: Any, addresses: set[str],

@@ -93,8 +93,9 @@ def trace_report(trace: Trace) -> str:
     return "\n".join(lines)
 
 
-def summary(trace: Trace, depth: int = 1) -> str:
-    rows = [("Layer", "Output shape", "Params", "Ops", "FLOPs")]
+def summary_rows(trace: Trace, depth: int = 1) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The summary's table (header first) and its total lines (model name first)."""
+    rows: list[tuple[str, ...]] = [("Layer", "Output shape", "Params", "Ops", "FLOPs")]
     inputs = [op for op in trace.ops if op.is_input]
     for op in inputs:
         rows.append((op.label, shape_list(op.shape), "0", "-", "-"))
@@ -110,13 +111,6 @@ def summary(trace: Trace, depth: int = 1) -> str:
     for op in trace.ops:
         if op.is_output:
             rows.append((op.label, shape_list(op.shape), "-", "-", "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(r: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-
-    body = [sep, line(rows[0]), sep, *(line(r) for r in rows[1:]), sep]
     edges = sum(len(op.parent_idx) for op in trace.ops)
     total_flops, total_macs = flops.total_cost(trace.ops)
     tail = [
@@ -127,6 +121,18 @@ def summary(trace: Trace, depth: int = 1) -> str:
         f"Saved: {sum(op.payload is not None for op in trace.ops)} payloads, "
         f"{nbytes(trace.saved_nbytes)}",
     ]
+    return rows, tail
+
+
+def summary(trace: Trace, depth: int = 1) -> str:
+    rows, tail = summary_rows(trace, depth)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(r: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+    body = [sep, line(rows[0]), sep, *(line(r) for r in rows[1:]), sep]
     return "\n".join([tail[0], *body, *tail[1:]])
 
 

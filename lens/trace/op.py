@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..capture.frames import Frame, frames
 from ..capture.records import BUFFER, INPUT, OP, OUTPUT, OpRecord
 from ..errors import PayloadError
 from . import flops, fmt
@@ -202,6 +203,16 @@ class Op(OpRecord):
     @property
     def has_payload(self) -> bool:
         return self.payload is not None
+
+    @property
+    def code_context(self) -> list[Frame]:
+        """The user's frames that ran this op, innermost first (``.file``,
+        ``.line_number``, ``.func_name``, ``.code``). Recorded under ``code_context=True``."""
+        if self.code is None and self.kind == "op":
+            raise PayloadError(
+                f"{self.label} has no recorded call stack: the trace was captured without "
+                "code_context=True. Re-capture with tl.trace(model, x, code_context=True).")
+        return frames(self.code)
 
     @property
     def numel(self) -> int:

@@ -138,6 +138,7 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
            save: Any = True, detach: bool = False, device: Any = None, dtype: Any = None,
            halt: Any = None, intervene: Any = None, keep_orphans: bool = False,
            detect_loops: bool = True, lookback: int | None = None,
+           lookback_payload_policy: str = "metadata_only",
            code_context: bool = False, intervention_ready: bool = False,
            save_grads: Any = False, save_at: Any = None,
            sparse: bool = False) -> Recording | SparseRecording:
@@ -168,7 +169,8 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                              dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
                              code_context=code_context,
                              intervention_ready=intervention_ready, save_grads=save_grads,
-                             save_at=save_at)
+                             save_at=save_at,
+                             lookback_payload_policy=lookback_payload_policy)
     t0 = perf_counter()
     output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0

@@ -111,6 +111,9 @@ class Trace:
         if key in self.module_info:
             return (f"Module {key!r} exists but produced no recorded output in this pass "
                     f"(never called, or halted before it).{hint}")
+        if key.startswith("div_"):
+            hint += (" True division (x / y, torch.true_divide, torch.div without "
+                     "rounding_mode) is labelled 'truediv_...'.")
         return (f"{key!r} names no op of this trace.{hint} Keys are labels such as "
                 f"{self.ops[min(1, len(self.ops) - 1)].label!r}, module addresses, or ordinals; "
                 "see trace.layer_labels.")
@@ -272,6 +275,13 @@ class Trace:
         from ..draw import repr_svg
 
         return repr_svg(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the summary table, and the graph as inline SVG when it is small
+        enough and Graphviz is installed (otherwise the table alone)."""
+        from .html import trace_html
+
+        return trace_html(self, self._repr_svg_())
 
     def log_backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """Run ``loss.backward()`` and store per-op gradients (``op.grad``)."""

@@ -67,7 +67,7 @@ def test_demo_network_colours_shapes_and_outlines(tmp_path):
 def test_non_commutative_edges_carry_argument_positions(tmp_path):
     trace, svg, _ = _draw("demo_network", tmp_path)
     # forward: ...; x = x + randn; y = x ** 2; x = x / y; x = x * buffer
-    div = trace[_one(trace, type="div")]
+    div = trace[_one(trace, type="truediv")]
     numerator = _one(trace, type="add", module_ctx=(), parent_idx=div.parents[0].parent_idx)
     power = _one(trace, type="pow")
     assert svg.edge(numerator, div.label).texts == ["arg 0"]

@@ -163,9 +163,9 @@ def test_loaders_iterables_and_dict_sites(setup, tmp_path):
     extract_dataset(model, DataLoader(ds, batch_size=4), SITES, output_dir=tmp_path / "dl",
                     progress=False)
     batches = [x[i:i + 5] for i in range(0, 10, 5)]
-    extract_dataset(model, iter(batches), {"conv": "features.6", "first_relu": tl.func("relu")
+    extract_dataset(model, None, {"conv": "features.6", "first_relu": tl.func("relu")
                                            & tl.in_module("features.1")},
-                    output_dir=tmp_path / "it", progress=False)
+                    output_dir=tmp_path / "it", progress=False, batches=iter(batches))
     a = load_dataset_activations(tmp_path / "dl")
     b = load_dataset_activations(tmp_path / "it")
     ref4, ref5 = _reference(model, x, 4), _reference(model, x, 5)
@@ -198,3 +198,28 @@ def test_layers_is_the_reference_systems_name_for_sites(setup, tmp_path):
     assert torch.equal(acts["features.6"], _reference(model, x, 5)["features.6"])
     with pytest.raises(tl.LensError, match="sites="):
         extract_dataset(model, ds, output_dir=tmp_path / "x", progress=False)
+
+
+def test_a_list_of_samples_is_collated_like_a_dataset(setup, tmp_path):
+    model, _, x = setup
+    samples = [x[i] for i in range(len(x))]  # unbatched: (3, H, W) each
+    manifest = extract_dataset(model, samples, layers=["features.6"], batch_size=4,
+                               output_dir=tmp_path / "list", progress=False)
+    assert len(manifest["shards"]) == 3  # 10 samples in batches of 4
+    got = load_dataset_activations(tmp_path / "list")
+    assert torch.equal(got["features.6"], _reference(model, x, 4)["features.6"])
+    extract_dataset(model, tuple(samples), layers=["features.6"], batch_size=4,
+                    output_dir=tmp_path / "tuple", progress=False)
+    assert torch.equal(load_dataset_activations(tmp_path / "tuple")["features.6"],
+                       got["features.6"])
+
+
+def test_batches_come_only_from_a_dataloader_or_batches(setup, tmp_path):
+    model, _, x = setup
+    with pytest.raises(tl.ArgumentTypeError, match="batches="):
+        extract_dataset(model, iter([x[:5], x[5:]]), SITES, output_dir=tmp_path / "a",
+                        progress=False)
+    with pytest.raises(tl.LensError, match="once"):
+        extract_dataset(model, x, SITES, batches=[x], output_dir=tmp_path / "b",
+                        progress=False)
+    assert not (tmp_path / "a").exists()

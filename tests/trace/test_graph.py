@@ -114,7 +114,7 @@ def test_each_while_test_is_a_terminal_bool() -> None:
         y, halvings = y / 2, halvings + 1
     assert len(tr.terminal_bool_layers) == halvings + 1  # the last test ends the loop
     assert sum(op.type == "norm" and op.in_cond_branch for op in tr.ops) == halvings + 1
-    assert not any(op.in_cond_branch for op in tr.ops if op.type == "div")
+    assert not any(op.in_cond_branch for op in tr.ops if op.type == "truediv")
 
 
 class _IfOnFloat(nn.Module):

@@ -74,7 +74,8 @@ def test_lookback_window_decides_followed_by_within_the_window(case):
     full = _trace(case)
     window = 4
     spec = tl.func("linear", "conv2d", "add", "relu") & tl.followed_by(tl.everything())
-    sparse = _trace(case, save=spec, lookback=window)
+    sparse = _trace(case, save=spec, lookback=window,
+                    lookback_payload_policy="detached_raw")
     kept = {op.label for op in sparse.ops if op.payload is not None}
     # A window of n ops sees the children recorded at most n calls later.
     near = {op.label for op in full.ops if op.type in ("linear", "conv2d", "add", "relu")
