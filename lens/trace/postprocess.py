@@ -9,6 +9,11 @@ from collections.abc import Callable, Sequence
 
 from ..capture.records import INPUT, OUTPUT
 from .op import Layer, Op
+from .stash import StashKey
+
+# whether a trace records a division with a rounding mode (type 'div'): then 'div_k_n'
+# names that op, not a true division
+_HAS_DIV = StashKey[bool]("trace.has_div")
 
 # A grouping function returns, for each kept op (in order), the index of its layer's
 # first op: ops sharing that value are passes of one layer.
@@ -96,7 +101,8 @@ def op_keys(op: Op) -> frozenset[str]:
         keys.add(f"input.{op.address}")
     for call in op.output_of:
         keys.add(call.key)
-    if op.type == "truediv" and not any(o.type == "div" for o in op._ops):
+    if op.type == "truediv" and not op.trace.stash.setdefault(
+            _HAS_DIV, lambda: any(o.type == "div" for o in op.trace.ops)):
         # 'div_1_8' still finds what older lens labelled so (unless a real div op of
         # this trace could own the name)
         keys.update("div" + k[7:] for k in list(keys) if k.startswith("truediv_"))
