@@ -275,6 +275,10 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
     op.code = decode(r.raw("code"), f"{r.where}.code")
     op.bool_used = r.flag("bool_used")
     op.mode = modes.from_doc(r.obj.get("mode"), f"{r.where}.mode")
+    step = r.integer("step", optional=True)  # absent in traces saved before steps existed
+    if step is not None and not 0 <= step <= MAX_RECORDED:
+        raise LoadError(f"{r.where}.step: {step} is out of range (0 to {MAX_RECORDED}).")
+    op.step = step or 0
     grad_key = r.text("grad", optional=True)
     if grad_key is not None:
         op.grad = _tensor(tensors, grad_key, r.where)

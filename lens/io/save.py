@@ -274,6 +274,7 @@ def _op(op: Op, call_pos: dict[int, int], store: TensorStore) -> dict[str, Any]:
         "code": encode(op.code),
         "bool_used": bool(op.bool_used),
         "mode": modes.to_doc(op.mode),
+        "step": int(op.step),
     }
 
 

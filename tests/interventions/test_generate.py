@@ -260,3 +260,15 @@ def test_the_readme_steering_example_runs_and_steers() -> None:
     assert torch.equal(scope["step_3_only"][:, :6], plain[:, :6])  # 4 prompt + 2 steps
     assert {op.payload.shape for op in scope["kept"].ops
             if op.payload is not None and op.step} == {(1, 1, 32)}
+
+
+def test_a_saved_generation_keeps_its_steps(tmp_path) -> None:
+    model, block = _gpt2()
+    ids = _prompt()
+    source = tl.trace(model.generate, ids, input_kwargs=_kwargs(ids, True))
+    tl.save(source, tmp_path / "gen")
+    loaded = tl.load(tmp_path / "gen")
+    assert [op.step for op in loaded.ops] == [op.step for op in source.ops]
+    site = tl.step(STEP) & tl.module(block)
+    picked = [op.label for op in loaded.ops if site(op)]
+    assert picked and picked == [op.label for op in source.ops if site(op)]
