@@ -29,7 +29,11 @@ def _sample(t: torch.Tensor) -> bytes:
     if t.numel() == 0 or t.is_meta or t.is_quantized:
         return b""
     flat = t.detach().reshape(-1)
-    index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), SAMPLES)).long()
+    n = flat.numel()
+    k = min(n, SAMPLES)
+    # evenly spaced in exact integer arithmetic (a float32 linspace rounds past the end
+    # for sizes above 2**24)
+    index = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
     picked = flat[index.to(flat.device)].cpu().contiguous()
     return picked.view(torch.uint8).numpy().tobytes()
 
