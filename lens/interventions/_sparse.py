@@ -86,11 +86,13 @@ def hook_plan(rules: list[Any], addresses: set[str]) -> list[tuple[When, Selecto
 
 
 def run_on_hooks(model: nn.Module, plan: list[tuple[When, Selector, Scope]],
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The output of ``model`` with the planned rules applied at module exits."""
+                 args: tuple[Any, ...], kwargs: dict[str, Any],
+                 modules: dict[str, nn.Module] | None = None) -> Any:
+    """The output of ``model`` with the planned rules applied at module exits
+    (``modules``: ``module_map(model)`` when the caller already has it)."""
     bind_inputs(model, args, kwargs)  # bad inputs: the same error as the full path
     edits = tuple((scope, _edit(r.action)) for r, _, scope in plan)
-    hooks = HookRun(module_map(model), edits=edits)
+    hooks = HookRun(module_map(model) if modules is None else modules, edits=edits)
     targets = union(*(scope for _, _, scope in plan)).modules
     output = run_hooked(model, hooks, targets, args, kwargs)
     for (r, sel, _), fired in zip(plan, hooks.fired, strict=True):

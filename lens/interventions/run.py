@@ -44,7 +44,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
             check(module_addresses=addresses)
     plan = hook_plan(specs, addresses) if top is not None and top is model else None
     if plan is not None:  # every rule decided at module exits: hooks, no function mode
-        return run_on_hooks(model, plan, args, kwargs)
+        return run_on_hooks(model, plan, args, kwargs, modules)
     rules = []
     for r in specs:
         bind = getattr(r, "bind", None)
