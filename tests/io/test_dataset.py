@@ -97,7 +97,10 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(setup, tmp_path,
     assert _files(broken) == _files(whole)
 
 
-def test_a_shard_renamed_before_its_manifest_entry_is_adopted(setup, tmp_path):
+def _resume_after_a_crash_with_shard_2_in_place(setup, tmp_path, shard=lambda data: data):
+    """Extract once whole, once cut off at batch 2 with ``shard(whole's shard 2)`` left in
+    the folder (a crash between the shard's rename and the manifest update), then resume:
+    the batches the resume computed, and both folders."""
     model, ds, _ = setup
     extract_dataset(model, ds, SITES, batch_size=3, output_dir=tmp_path / "whole",
                     progress=False)
@@ -105,14 +108,18 @@ def test_a_shard_renamed_before_its_manifest_entry_is_adopted(setup, tmp_path):
     with pytest.raises(Interrupt):
         extract_dataset(model, ds, SITES, batch_size=3, output_dir=d, progress=False,
                         on_batch=lambda b, a: _raise_at(b, 2))
-    # Simulate a crash between the shard's rename and the manifest update.
     shard2 = (tmp_path / "whole" / "shard_000002.safetensors").read_bytes()
-    (d / "shard_000002.safetensors").write_bytes(shard2)
+    (d / "shard_000002.safetensors").write_bytes(shard(shard2))
     seen: list[int] = []
     extract_dataset(model, ds, SITES, batch_size=3, output_dir=d, progress=False,
                     on_batch=lambda b, a: seen.append(b))
+    return seen, d, tmp_path / "whole"
+
+
+def test_a_shard_renamed_before_its_manifest_entry_is_adopted(setup, tmp_path):
+    seen, cut, whole = _resume_after_a_crash_with_shard_2_in_place(setup, tmp_path)
     assert seen == [3]
-    assert _files(d) == _files(tmp_path / "whole")
+    assert _files(cut) == _files(whole)
 
 
 def _other_sites(data: bytes) -> bytes:
@@ -126,20 +133,9 @@ def _other_sites(data: bytes) -> bytes:
     _other_sites,  # a valid safetensors file, but not of this extraction
 ])
 def test_a_bad_shard_in_place_is_computed_again_not_adopted(setup, tmp_path, damage):
-    model, ds, _ = setup
-    extract_dataset(model, ds, SITES, batch_size=3, output_dir=tmp_path / "whole",
-                    progress=False)
-    d = tmp_path / "cut"
-    with pytest.raises(Interrupt):
-        extract_dataset(model, ds, SITES, batch_size=3, output_dir=d, progress=False,
-                        on_batch=lambda b, a: _raise_at(b, 2))
-    shard2 = (tmp_path / "whole" / "shard_000002.safetensors").read_bytes()
-    (d / "shard_000002.safetensors").write_bytes(damage(shard2))
-    seen: list[int] = []
-    extract_dataset(model, ds, SITES, batch_size=3, output_dir=d, progress=False,
-                    on_batch=lambda b, a: seen.append(b))
+    seen, cut, whole = _resume_after_a_crash_with_shard_2_in_place(setup, tmp_path, damage)
     assert seen == [2, 3]
-    assert _files(d) == _files(tmp_path / "whole")
+    assert _files(cut) == _files(whole)
 
 
 def _raise_at(b: int, n: int) -> None:
