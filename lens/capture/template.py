@@ -1,8 +1,9 @@
-"""Walks over nested arguments and outputs: tuples, lists and dicts of tensors."""
+"""Walks over nested arguments and outputs: tuples, lists and dicts of tensors, and over
+argument templates (what the engine records: Ref/ParamRef and values in tuples/lists)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor
@@ -42,3 +43,24 @@ def rebuild(obj: Any, path: Path, replaced: dict[Path, Tensor]) -> Any:
             new[k] = rebuild(obj[k], (*path, k), replaced)
         return new
     return obj
+
+
+def map_arg(template: Any, fn: Callable[[Any], Any]) -> Any:
+    """``template`` with ``fn`` applied to every leaf. Only plain tuples and lists are
+    containers, as the engine records them (a Ref, itself a NamedTuple, is a leaf)."""
+    t = type(template)
+    if t is tuple:
+        return tuple([map_arg(x, fn) for x in template])
+    if t is list:
+        return [map_arg(x, fn) for x in template]
+    return fn(template)
+
+
+def arg_leaves(template: Any) -> Iterator[Any]:
+    """Every leaf of an argument template, in order (containers as in :func:`map_arg`)."""
+    t = type(template)
+    if t is tuple or t is list:
+        for x in template:
+            yield from arg_leaves(x)
+    else:
+        yield template

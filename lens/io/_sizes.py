@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
-from ..capture.records import OP, ParamRef, Ref
+from ..capture.records import ParamRef, Ref
+from ..capture.template import map_arg
+from ..errors import LoadError
 from ..trace import Op
+
+Params = dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]]  # name -> param meta
 
 MAX_OP_BYTES = 8 * 2**30  # per op; tl.load(..., max_op_bytes=...) raises or lowers it
 
@@ -38,23 +42,20 @@ _TAKES_SIZE = re.compile(
     r"resize_as_|multinomial|embedding_bag|pixel_shuffle)$")
 
 
-def _meta_value(template: Any, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
-                params: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]]) -> Any:
-    if isinstance(template, Ref):
-        shape, dtype = shape_of(template.op)
+def _on_meta(leaf: Any, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
+             params: Params) -> Any:
+    """One template leaf as a value on the meta device (recorded shape and dtype)."""
+    if isinstance(leaf, Ref):
+        shape, dtype = shape_of(leaf.op)
         return torch.empty(shape, dtype=dtype, device="meta")
-    if isinstance(template, ParamRef):
-        shape, _, dtype, _ = params[template.name]
+    if isinstance(leaf, ParamRef):
+        shape, _, dtype, _ = params[leaf.name]
         return torch.empty(shape, dtype=dtype, device="meta")
-    if isinstance(template, torch.Tensor):
-        return template.to("meta")
-    if type(template) in (tuple, list):
-        return type(template)(_meta_value(t, shape_of, params) for t in template)
-    if isinstance(template, dict):
-        return {k: _meta_value(v, shape_of, params) for k, v in template.items()}
-    if isinstance(template, torch.device):
+    if isinstance(leaf, torch.Tensor):
+        return leaf.to("meta")
+    if isinstance(leaf, torch.device):
         return torch.device("meta")
-    return template
+    return leaf
 
 
 def _pick(out: Any, index: Sequence[Any]) -> Any:
@@ -64,24 +65,23 @@ def _pick(out: Any, index: Sequence[Any]) -> Any:
 
 
 def _bytes(shape: tuple[int, ...], dtype: Any) -> int:
-    size = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 8
+    size = dtype.itemsize if isinstance(dtype, torch.dtype) else 8
     return math.prod(shape) * size
 
 
-def unreplayable_reasons(ops: Sequence[Op],
-                         params: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
-                         max_op_bytes: int = MAX_OP_BYTES) -> dict[int, str]:
-    """Call index -> why replaying that op is refused, for every op that fails a check."""
-    by_call = {op.call_index: op for op in ops}
+def unreplayable_reasons(candidates: Iterable[Op], slots: Sequence[Op | None],
+                         params: Params, max_op_bytes: int = MAX_OP_BYTES) -> dict[int, str]:
+    """Call index -> why replaying that op is refused, for every op of ``candidates`` (the
+    replayable ones) that fails a check; ``slots`` holds every op by call index."""
 
     def shape_of(i: int) -> tuple[tuple[int, ...], Any]:
-        op = by_call[i]
+        op = slots[i]
+        if op is None:  # the loader refuses dangling references before this runs
+            raise LoadError(f"a reference to op #{i}, which the file does not hold")
         return tuple(op.shape), op.dtype
 
     reasons: dict[int, str] = {}
-    for op in ops:
-        if op.kind != OP or not callable(op.func) or type(op.func).__name__ == "NotReplayable":
-            continue
+    for op in candidates:
         recorded = _bytes(tuple(op.shape), op.dtype) if op.dtype is not None else 0
         if recorded > max_op_bytes:
             reasons[op.call_index] = (f"its recorded output ({recorded:,} bytes) is larger "
@@ -94,12 +94,15 @@ def unreplayable_reasons(ops: Sequence[Op],
 
 
 def _meta_check(op: Op, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
-                params: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
-                max_op_bytes: int) -> str | None:
+                params: Params, max_op_bytes: int) -> str | None:
     name = op.func_name.strip("_") if op.func_name.startswith("__") else op.func_name
+
+    def leaf(v: Any) -> Any:
+        return _on_meta(v, shape_of, params)
+
     try:
-        args = _meta_value(op.args, shape_of, params)
-        kwargs = _meta_value(op.kwargs, shape_of, params)
+        args = map_arg(op.args, leaf)
+        kwargs = {k: map_arg(v, leaf) for k, v in op.kwargs.items()}
         if "generator" in kwargs:
             kwargs["generator"] = None
         if "device" in kwargs:

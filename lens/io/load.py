@@ -184,7 +184,9 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor],
             raise LoadError(f"module_info.{address}: expected [class name, [param names]].")
         info[address] = (raw[0], tuple(raw[1]))
     options = _options(doc)
-    for ci, reason in _sizes.unreplayable_reasons(ops, meta, max_op_bytes).items():
+    candidates = [op for op in ops if op.kind == OP and replayable(op)]
+    for ci, reason in _sizes.unreplayable_reasons(candidates, slots, meta,
+                                                  max_op_bytes).items():
         op = slots[ci]
         op.func = NotReplayable(op.func_name, reason, op.func)
         op.func.op = op

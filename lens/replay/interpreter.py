@@ -16,6 +16,7 @@ from torch import Tensor
 from ..capture import modes, rng, storage
 from ..capture.frames import frames
 from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, ParamRef, Ref
+from ..capture.template import map_arg
 from ..errors import PayloadError, ReplayError
 from ..trace import Op, Trace
 
@@ -50,16 +51,14 @@ class Interpreter:
 
     def materialize(self, template: Any) -> Any:
         """Turn an argument template back into values."""
-        if isinstance(template, Ref):
-            return self.value(template.op)
-        if isinstance(template, ParamRef):
-            return self.params[template.name]
-        t = type(template)
-        if t is tuple:
-            return tuple([self.materialize(x) for x in template])
-        if t is list:
-            return [self.materialize(x) for x in template]
-        return template
+        return map_arg(template, self._leaf)
+
+    def _leaf(self, leaf: Any) -> Any:
+        if isinstance(leaf, Ref):
+            return self.value(leaf.op)
+        if isinstance(leaf, ParamRef):
+            return self.params[leaf.name]
+        return leaf
 
     # ------------------------------------------------------------------ running
     def run(self, ops: Iterable[Op]) -> dict[int, Tensor]:

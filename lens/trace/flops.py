@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..capture.records import ParamRef, Ref
+from ..capture.template import arg_leaves
 
 if TYPE_CHECKING:
     from .op import Op
@@ -44,24 +45,21 @@ _NORMS = re.compile(r"^(layer_norm|batch_norm|group_norm|instance_norm|rms_norm|
 _SOFTMAX = re.compile(r"^(softmax|log_softmax|_softmax)$")
 
 
-def _shapes(template: Any, trace: Any) -> Iterator[Shape]:
-    """The shape of every tensor operand in an argument template, in order."""
-    if isinstance(template, Ref):
-        op = trace._by_call.get(template.op)
-        if op is not None:
-            yield tuple(op.shape)
-    elif isinstance(template, ParamRef):
-        meta = trace.param_meta.get(template.name)
-        if meta is not None:
-            yield tuple(meta[0])
-    elif isinstance(template, torch.Tensor):
-        yield tuple(template.shape)
-    elif isinstance(template, (tuple, list)):
-        for item in template:
-            yield from _shapes(item, trace)
-    elif isinstance(template, dict):
-        for item in template.values():
-            yield from _shapes(item, trace)
+def _shapes(op: Op) -> Iterator[Shape]:
+    """The shape of every tensor operand of ``op`` (arguments, then keyword arguments)."""
+    trace = op.trace
+    for template in (op.args, *op.kwargs.values()):
+        for leaf in arg_leaves(template):
+            if isinstance(leaf, Ref):
+                found = trace.op_at_call(leaf.op)
+                if found is not None:
+                    yield tuple(found.shape)
+            elif isinstance(leaf, ParamRef):
+                meta = trace.param_meta.get(leaf.name)
+                if meta is not None:
+                    yield tuple(meta[0])
+            elif isinstance(leaf, torch.Tensor):
+                yield tuple(leaf.shape)
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -123,7 +121,7 @@ def op_cost(op: Op) -> tuple[int, int]:
     name = _base_name(op.func_name)
     if op.kind != "op" or _ZERO.match(name):
         return 0, 0
-    ins = list(_shapes(op.args, op.trace)) + list(_shapes(op.kwargs, op.trace))
+    ins = list(_shapes(op))
     out = tuple(op.shape)
     found = _contraction(name, ins, out, op)
     if found is not None:
