@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 # module -> (pip extra, what needs it)
 EXTRAS: dict[str, tuple[str, str]] = {
-    "matplotlib": ("plot", "Plots"),
-    "pyarrow": ("parquet", "Writing .parquet tables"),
-    "transformers": ("hf", "HuggingFace models"),
-    "ray": ("ray", "The Ray executor"),
+    "matplotlib": ("plot", "Plots need"),
+    "pyarrow": ("parquet", "Writing .parquet tables needs"),
+    "transformers": ("hf", "HuggingFace models need"),
+    "ray": ("ray", "The Ray executor needs"),
 }
 
 
@@ -31,10 +31,10 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as e:
         top = module.split(".")[0]
-        extra, what = EXTRAS.get(top, (None, "This feature"))
+        extra, what = EXTRAS.get(top, (None, "This feature needs"))
         hint = (f"pip install 'lens[{extra}]' (or pip install {top})" if extra
                 else f"pip install {top}")
-        raise MissingDependencyError(f"{what} need {top}, which is not installed: {hint}."
+        raise MissingDependencyError(f"{what} {top}, which is not installed: {hint}."
                                      ) from e
 
 

@@ -11,19 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import MissingDependencyError
+from .._optional import require
 from .executors import Job
 from .runner import Cell, SweepRunner
 from .spec import SweepSpec
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as e:
-        raise MissingDependencyError(
-            "The Ray executor needs Ray: pip install 'lens[ray]' (or pip install ray).") from e
-    return ray
 
 
 class _Worker:
@@ -88,7 +79,7 @@ class RayExecutor:
         self.actors: list[Any] = []
 
     def _start(self, job: Job) -> list[Any]:
-        ray = _ray()
+        ray = require("ray")
         if not ray.is_initialized():
             ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False)
         n = self.workers or max(1, int(ray.available_resources().get("CPU", 1)))
@@ -104,7 +95,7 @@ class RayExecutor:
 
     def map(self, job: Job, batches: Sequence[Sequence[Cell]]
             ) -> Iterator[list[dict[str, Any]]]:
-        ray = _ray()
+        ray = require("ray")
         self.actors = self._start(job)
         todo = list(enumerate(batches))
         pending: dict[Any, int] = {}  # object ref -> actor index
