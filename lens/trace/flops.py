@@ -34,15 +34,17 @@ if TYPE_CHECKING:
 
 Shape = tuple[int, ...]
 
+# Matched against ``op.type``: the engine's one normalization of function names
+# (lowercase, no underscores; ``__radd__``/``__iadd__``/``add_`` are all ``add``).
 _ZERO = re.compile(
     r"^(view|reshape|flatten|unflatten|squeeze|unsqueeze|permute|transpose|t|contiguous|"
-    r"expand|expand_as|repeat|getitem|setitem|split|chunk|unbind|cat|concat|stack|narrow|"
-    r"select|index_select|gather|clone|copy|detach|to|type|float|half|double|int|long|bool|"
+    r"expand|expandas|repeat|getitem|setitem|split|chunk|unbind|cat|concat|stack|narrow|"
+    r"select|indexselect|gather|clone|copy|detach|to|type|float|half|double|int|long|bool|"
     r"bfloat16|cpu|cuda|zeros|ones|full|empty|arange|linspace|rand|randn|randint|tensor|"
-    r"zeros_like|ones_like|full_like|empty_like|embedding|dropout|identity|input|output|"
-    r"buffer|movedim|roll|flip|tril|triu|masked_fill|where|pad|size|dim|tolist)$")
-_NORMS = re.compile(r"^(layer_norm|batch_norm|group_norm|instance_norm|rms_norm|normalize)$")
-_SOFTMAX = re.compile(r"^(softmax|log_softmax|_softmax)$")
+    r"zeroslike|oneslike|fulllike|emptylike|embedding|dropout|identity|input|output|"
+    r"buffer|movedim|roll|flip|tril|triu|maskedfill|where|pad|size|dim|tolist)$")
+_NORMS = re.compile(r"^(layernorm|batchnorm|groupnorm|instancenorm|rmsnorm|normalize)$")
+_SOFTMAX = re.compile(r"^(softmax|logsoftmax)$")
 
 
 def _shapes(op: Op) -> Iterator[Shape]:
@@ -76,12 +78,12 @@ def _contraction(name: str, ins: list[Shape], out: Shape, op: Op) -> tuple[int, 
         return n_out * (first[-1] if first else 1), 0
     if name in ("addmm", "baddbmm", "addbmm", "addmv") and len(ins) >= 2:
         return n_out * ins[1][-1], n_out
-    if name.startswith(("conv", "conv_transpose")) and len(ins) >= 2:
+    if name.startswith("conv") and len(ins) >= 2:
         weight = ins[1]
-        if name.startswith("conv_transpose"):  # weight (C_in, C_out/groups, *k)
+        if name.startswith("convtranspose"):  # weight (C_in, C_out/groups, *k)
             return _numel(ins[0]) * _numel(weight[1:]), (n_out if len(ins) > 2 else 0)
         return n_out * _numel(weight[1:]), (n_out if len(ins) > 2 else 0)
-    if name == "scaled_dot_product_attention" and len(ins) >= 3:
+    if name == "scaleddotproductattention" and len(ins) >= 3:
         q, k, v = ins[:3]
         batch = _numel(q[:-2])
         return batch * q[-2] * k[-2] * (q[-1] + v[-1]), 0
@@ -102,23 +104,9 @@ def _einsum_macs(op: Op, ins: list[Shape]) -> int:
     return _numel(sizes.values())
 
 
-_DUNDER_MATH = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
-                          "and", "or", "xor", "lshift", "rshift"})
-
-
-def _base_name(func_name: str) -> str:
-    """``__radd__``/``__iadd__``/``add_`` -> ``add``; ``__rmatmul__`` keeps its side."""
-    if func_name.startswith("__") and func_name.endswith("__"):
-        core = func_name[2:-2]
-        if core != "rmatmul" and core[:1] in ("r", "i") and core[1:] in _DUNDER_MATH:
-            return core[1:]
-        return core
-    return func_name.rstrip("_") or func_name
-
-
 def op_cost(op: Op) -> tuple[int, int]:
     """``(flops, macs)`` of one op, by the convention in this module's docstring."""
-    name = _base_name(op.func_name)
+    name = op.type
     if op.kind != "op" or _ZERO.match(name):
         return 0, 0
     ins = list(_shapes(op))
