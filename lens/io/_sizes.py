@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..capture import funcs
 from ..capture.records import ParamRef, Ref
 from ..capture.template import map_arg
 from ..errors import LoadError
@@ -34,12 +35,14 @@ Params = dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]]  # name -> pa
 MAX_OP_BYTES = 8 * 2**30  # per op; tl.load(..., max_op_bytes=...) raises or lowers it
 
 # Functions whose arguments include sizes or counts that decide how much they allocate.
+# Functions whose arguments include sizes or counts that decide how much they allocate,
+# matched against the op type of the *resolved* function (not the file's own name for it).
 _TAKES_SIZE = re.compile(
-    r"^(new_)?(zeros|ones|full|empty|empty_strided|rand|randn|randint|randperm|normal)(_like)?$"
-    r"|^(arange|range|linspace|logspace|eye|tril_indices|triu_indices|repeat|repeat_interleave|"
-    r"tile|expand|expand_as|broadcast_to|one_hot|bincount|histc|histogram|pad|interpolate|"
-    r"upsample\w*|unfold|fold|kron|cartesian_prod|combinations|block_diag|as_strided\w*|"
-    r"resize_as_|multinomial|embedding_bag|pixel_shuffle)$")
+    r"^(new)?(zeros|ones|full|empty|emptystrided|rand|randn|randint|randperm|normal)(like)?$"
+    r"|^(arange|range|linspace|logspace|eye|trilindices|triuindices|repeat|repeatinterleave|"
+    r"tile|expand|expandas|broadcastto|onehot|bincount|histc|histogram|pad|interpolate|"
+    r"upsample\w*|unfold|fold|kron|cartesianprod|combinations|blockdiag|asstrided\w*|"
+    r"resizeas|multinomial|embeddingbag|pixelshuffle)$")
 
 
 def _on_meta(leaf: Any, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
@@ -95,7 +98,7 @@ def unreplayable_reasons(candidates: Iterable[Op], slots: Sequence[Op | None],
 
 def _meta_check(op: Op, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
                 params: Params, max_op_bytes: int) -> str | None:
-    name = op.func_name.strip("_") if op.func_name.startswith("__") else op.func_name
+    name = funcs.op_type(funcs.func_name(op.func))
 
     def leaf(v: Any) -> Any:
         return _on_meta(v, shape_of, params)
