@@ -56,11 +56,11 @@ print(trace)
 # - the **module address** whose output it is: `features.6`;
 # - its **ordinal** in execution order, Python-style: `trace[7]`, `trace[-1]`.
 #
-# All three give the same `Op` object.
+# All three find the same op (ops are light views over the trace: compare them with `==`).
 
 # %%
 op = trace["conv2d_3_7"]
-assert op is trace["conv2d_3"] is trace["features.6"] is trace[7]
+assert op == trace["conv2d_3"] == trace["features.6"] == trace[7]
 print(op)
 print("parents:", op.parent_labels, " children:", op.child_labels)
 print("module:", op.module, " shape:", tuple(op.shape))

@@ -32,6 +32,7 @@ from .records import (
     ModuleCallRecord,
     OpRecord,
     ParamRef,
+    RecordTable,
     Ref,
 )
 from .template import rebuild as _rebuild
@@ -118,7 +119,7 @@ _PARAM = nn.Parameter
 class Recorder(TorchFunctionMode):
     """Records one forward pass. Create, ``with recorder.attached(model):`` run, read ``ops``."""
 
-    def __init__(self, model: nn.Module | None, record_cls: type[OpRecord] = OpRecord,
+    def __init__(self, model: nn.Module | None,
                  policy: SavePolicy | None = None,
                  interceptors: tuple[Interceptor, ...] = (),
                  halt: Callable[[OpRecord], bool] | None = None,
@@ -126,8 +127,8 @@ class Recorder(TorchFunctionMode):
                  code_context: bool = False, index: ModelIndex | None = None) -> None:
         super().__init__()
         self.model = model
-        self.cls = record_cls
-        self.ops: list[OpRecord] = []
+        self.ops = RecordTable()
+        self._ops_ref = weakref.ref(self.ops)
         self.policy: SavePolicy = policy if policy is not None else SaveAll()
         self._save_all = isinstance(self.policy, SaveAll)
         self._save_none = isinstance(self.policy, SaveNone)
@@ -183,8 +184,8 @@ class Recorder(TorchFunctionMode):
              force_save: bool = False) -> OpRecord:
         ops = self.ops
         idx = len(ops)
-        op = self.cls(ops, idx, kind, func, name, type_, args, kwargs, parents, None, tensor,
-                      self.ctx, params, elapsed, out_index, call_id, mutates, address)
+        op = OpRecord(self._ops_ref, idx, kind, func, name, type_, args, kwargs, parents, None,
+                      tensor, self.ctx, params, elapsed, out_index, call_id, mutates, address)
         if self.step:
             op.step = self.step
         ops.append(op)
@@ -638,11 +639,14 @@ class Recorder(TorchFunctionMode):
                 h.remove()
             self.ctx = ()
 
-    def finish(self) -> None:
-        """Decide every payload still pending, now that the whole pass is known."""
+    def finish(self, final: Callable[[OpRecord], Any] | None = None) -> None:
+        """Decide every payload still pending, now that the whole pass is known.
+
+        ``final`` gives the finished trace's view of a record (None: trimmed, so not
+        part of the trace and nothing to keep); the policy decides on that view."""
         for j, t in list(self.pending.items()):
-            decision = self.policy.decide(self.ops[j], "final")
-            if decision:
+            view = final(self.ops[j]) if final is not None else None
+            if view is not None and self.policy.decide(view, "final"):
                 self._keep(self.ops[j], t)
         self.pending.clear()
         external = [*self.index.param_values.values(), *(b for _, b in self.buffers.values()),

@@ -49,11 +49,8 @@ class SelectorPolicy:
         rank = STAGE_RANK[stage]
         if rank == 2 and not self.lookback:
             return None
-        if rank == 3:
-            trace = getattr(op, "trace", None)
-            if trace is None:  # trimmed as an orphan: not part of the trace, nothing to keep
-                return False
-            return bool(self._final(trace.ops)(op))
+        if rank == 3:  # ``op`` is the finished trace's view (see Recorder.finish)
+            return bool(self._final(op.trace.ops)(op))
         if rank >= self.rank:
             return bool(self.selector(op))
         return None

@@ -8,12 +8,14 @@ derived later, in ``lens.trace``.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, NamedTuple
 
 import torch
 
 from .modes import Mode
 from .rng import RngState
+from .stash import Stash
 
 # The kind of a record. 'op' is an executed torch call; the others are graph sources
 # or sinks that lens adds itself.
@@ -37,6 +39,13 @@ class ParamRef(NamedTuple):
     """Placeholder for a parameter argument, by its qualified name in the model."""
 
     name: str
+
+
+class RecordTable(list[Any]):
+    """The records of one capture by call index (a list its records can refer to weakly;
+    a loaded trace has None where an orphan was not saved)."""
+
+    __slots__ = ("__weakref__",)
 
 
 class ModuleCallRecord:
@@ -68,8 +77,12 @@ class ModuleCallRecord:
 class OpRecord:
     """One executed op (one tensor): written by the capture engine, read by ``lens.trace``.
 
-    ``lens.trace.Op`` subclasses this and adds the derived, user-facing properties; the
-    engine is given the class to instantiate, so no copy happens after capture.
+    A record reaches the others of its recording (selectors ask for parents and children
+    as ops run) through a weak reference to the :class:`RecordTable` list that holds them:
+    records refer to each other, to their layer and to module calls by index only, so
+    nothing a recording or trace holds forms a reference cycle, and payloads are freed by
+    reference counting alone. Users see records through ``lens.trace.Op``, a light view
+    that pairs a record with its trace.
     """
 
     __slots__ = (
@@ -79,9 +92,19 @@ class OpRecord:
         "address", "fired", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
         # how the op ran: generator state before a random op, non-default grad/autocast
         "rng", "mode",
+        # set once the trace is built (lens.trace.postprocess): position among the kept
+        # ops, layer (an index into the trace's layer table) and pass; then what other
+        # rooms attach (gradient, stash, cached lookup keys), each made on first use
+        "pos", "layer_idx", "pass_num", "grad", "_stash", "keys",
     )
+    pos: int
+    layer_idx: int
+    pass_num: int
+    grad: torch.Tensor | None
+    _stash: Stash
+    keys: frozenset[str]
 
-    def __init__(self, ops: list[Any], call_index: int, kind: str, func: Any,
+    def __init__(self, ops: weakref.ref[RecordTable], call_index: int, kind: str, func: Any,
                  func_name: str, type_: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any], parent_idx: tuple[int, ...],
                  out: torch.Tensor | None, tensor: torch.Tensor | None,
@@ -123,7 +146,61 @@ class OpRecord:
         self.step = 0  # which call of the top module it ran in (set by the recorder)
 
     @property
-    def recording(self) -> list[Any]:
+    def recording(self) -> RecordTable:
         """Every record of the recording this one belongs to, by call index (orphans
         included)."""
-        return self._ops
+        ops = self._ops()
+        if ops is None:
+            raise AttributeError(
+                f"op #{self.call_index}'s recording no longer exists (nothing holds its "
+                "trace or recording): keep the trace while you use its records")
+        return ops
+
+    @property
+    def stash(self) -> Stash:
+        """What other rooms attach to this op (facet values an edit produced, ...), by
+        typed key; made on first use, so ops that carry nothing pay nothing."""
+        try:
+            return self._stash
+        except AttributeError:
+            self._stash = Stash()
+            return self._stash
+
+    # What selectors ask of a live record (lens.selectors.OpLike); ``lens.trace.Op``
+    # answers the same on a finished trace.
+    @property
+    def index(self) -> int:
+        return self.call_index
+
+    @property
+    def parents(self) -> list[OpRecord]:
+        ops = self.recording
+        return [ops[i] for i in self.parent_idx]
+
+    @property
+    def children(self) -> list[OpRecord]:
+        ops = self.recording
+        return [ops[i] for i in self.child_idx]
+
+    @property
+    def module_addresses(self) -> tuple[str, ...]:
+        """Containing modules, outermost first (no call numbers)."""
+        return tuple(c.address for c in self.module_ctx)
+
+    @property
+    def module(self) -> str | None:
+        """Address of the innermost module this op ran in (None at top level)."""
+        return self.module_ctx[-1].address if self.module_ctx else None
+
+    @property
+    def module_call(self) -> str | None:
+        """The innermost module call, e.g. ``fc:2``."""
+        return self.module_ctx[-1].key if self.module_ctx else None
+
+    @property
+    def module_outputs(self) -> tuple[str, ...]:
+        """Modules this op's tensor is the output of, bare and with call (``fc``, ``fc:2``)."""
+        keys: list[str] = []
+        for c in self.output_of:
+            keys.extend((c.address, c.key))
+        return tuple(dict.fromkeys(keys))

@@ -56,7 +56,8 @@ class HookRun:
     ``edits`` are ``(scope, edit)`` pairs; each edits an output at most once, also when an
     enclosing module returns the tensor it produced (as a live rule fires once per op).
     ``saved`` maps a module call key (``'a.b:2'``) to its returned tensors, in output
-    order; ``fired`` counts the edits made by each rule, by position.
+    order (:meth:`in_call_order` orders the calls as they started, like a full trace's
+    module calls); ``fired`` counts the edits made by each rule, by position.
     """
 
     def __init__(self, modules: Mapping[str, nn.Module], *, save: Scope | None = None,
@@ -73,6 +74,7 @@ class HookRun:
         self._names = {id(m): a for a, m in self.modules.items()}
         self._counts: dict[str, int] = {}
         self._stack: list[tuple[str, int]] = []
+        self._started: dict[str, int] = {}  # call key -> order in which calls started
         # one token per op: a tensor and the edits made of it (id -> token; kept alive)
         self._token: dict[int, int] = {}
         self._alive: list[Tensor] = []
@@ -85,6 +87,12 @@ class HookRun:
         n = self._counts.get(address, 0) + 1
         self._counts[address] = n
         self._stack.append((address, n))
+        self._started[f"{address}:{n}"] = len(self._started)
+
+    def in_call_order(self) -> dict[str, list[Tensor]]:
+        """``saved`` with calls in the order they started (a module before its
+        submodules), not the order they returned."""
+        return dict(sorted(self.saved.items(), key=lambda kv: self._started[kv[0]]))
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> Any:
         if threading.get_ident() != self.thread:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ArgumentTypeError, LookupKeyError, close_matches, expect
+from ..trace import Trace
 from ._edits import FacetEdit, FacetSite
 from ._graph import FacetError
 from ._mapping import Facets, facets_for, facets_of
@@ -33,7 +34,7 @@ def find_facets(trace: Any, kind: str | None = None) -> dict[str, Facets]:
     """Every module call of ``trace`` with facets (of ``kind``: ``'attention'``,
     ``'recurrent'``, ``'residual'``), in execution order, keyed by call (``'h.0.attn:1'``;
     ``''`` is the model's own forward)."""
-    if not hasattr(trace, "layer_list") or not hasattr(trace, "module_calls"):
+    if not isinstance(trace, Trace):
         raise ArgumentTypeError(
             f"tl.find_facets takes a trace (from tl.trace(model, x)); got "
             f"{type(trace).__name__}.")

@@ -37,7 +37,7 @@ class FacetError(LensError, RuntimeError):
 
 def records(trace: Trace) -> Sequence[Any]:
     """Every op record of ``trace`` by call index (orphans included)."""
-    return trace.records
+    return trace.record_table
 
 
 def ref(template: Any) -> int | None:

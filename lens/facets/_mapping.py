@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import Tensor
 
+from ..capture.stash import StashKey
 from ..errors import LookupKeyError, close_matches
 from ..trace import ModuleCall, Trace
-from ..trace.stash import StashKey
 from ._graph import token
 from ._providers import structure
 from ._registry import ROOT, FacetGroup, Owner
@@ -29,14 +29,13 @@ class Facets(Mapping[str, Tensor]):
     (``trace.fork().intervene(facets.site('z', head=3), tl.zero_ablate())``).
     """
 
-    def __init__(self, trace: Trace, owner: Owner, groups: list[FacetGroup],
-                 notes: list[str]) -> None:
+    def __init__(self, trace: Trace, state: _State) -> None:
         self._trace = trace
-        self.owner = owner
-        self._groups = groups
-        self._notes = notes
-        self._by_name = {n: g for g in groups for n in g.names()}
-        self._cache: dict[str, tuple[tuple[int, ...], Tensor]] = {}
+        self.owner = state.owner
+        self._groups = state.groups
+        self._notes = state.notes
+        self._by_name = state.by_name
+        self._cache = state.cache
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -86,18 +85,31 @@ class Facets(Mapping[str, Tensor]):
         return f"<Facets of {self.owner.name()} ({what}): {', '.join(self._by_name)}>"
 
 
-_FACETS = StashKey[dict[Owner, "Facets"]]("facets.by_owner")
+class _State:
+    """What the facets of one call keep on the trace: their groups and cached values.
+    No reference to the trace (it stores this), so caching forms no cycle."""
+
+    __slots__ = ("owner", "groups", "notes", "by_name", "cache")
+
+    def __init__(self, owner: Owner, groups: list[FacetGroup], notes: list[str]) -> None:
+        self.owner = owner
+        self.groups = groups
+        self.notes = notes
+        self.by_name = {n: g for g in groups for n in g.names()}
+        self.cache: dict[str, tuple[tuple[int, ...], Tensor]] = {}
+
+
+_FACETS = StashKey[dict[Owner, _State]]("facets.by_owner")
 
 
 def facets_of(trace: Trace, owner: Owner) -> Facets:
-    """The facets of one module call of ``trace`` (one mapping per call, cached)."""
+    """The facets of one module call of ``trace`` (values cached per call)."""
     per = trace.stash.setdefault(_FACETS, dict)
-    found = per.get(owner)
-    if found is None:
+    state = per.get(owner)
+    if state is None:
         index = structure(trace)
-        found = per[owner] = Facets(trace, owner, list(index.of(owner)),
-                                    index.notes.get(owner, []))
-    return found
+        state = per[owner] = _State(owner, list(index.of(owner)), index.notes.get(owner, []))
+    return Facets(trace, state)
 
 
 def missing(trace: Trace, owner: Owner, name: str, have: list[str], notes: list[str]) -> str:

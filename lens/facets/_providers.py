@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..trace.stash import StashKey
+from ..capture.stash import StashKey
 from . import attention, recurrent, residual
 from ._registry import Provider, StructureIndex
 

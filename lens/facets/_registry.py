@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
-from ..trace.stash import StashKey
+from ..capture.stash import StashKey
 
 if TYPE_CHECKING:
     from ..trace import Trace

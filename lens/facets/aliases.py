@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from ..capture.stash import StashKey
 from ..errors import SelectorError
-from ..trace.stash import StashKey
 from ._mapping import facets_of
 from ._providers import structure
 from ._registry import Owner

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..capture.stash import StashKey
 from ..errors import InterventionError, SelectorError, close_matches
 from ..selectors import Not, Selector
 from ..selectors._protocol import OpLike, Timing
-from ..trace.stash import StashKey
 from ._edits import FacetEdit, Step
 from ._providers import known_names, structure
 from ._registry import Carrier, FacetGroup, Owner

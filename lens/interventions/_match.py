@@ -43,7 +43,7 @@ class CallOrderMatcher:
         ci = op.call_index
         if ci <= self.checked or self.checked >= self.upto:
             return
-        live = op._ops
+        live = op.recording
         ref = self.reference
         for j in range(self.checked + 1, min(ci, self.upto) + 1):
             if j >= len(ref):
@@ -63,7 +63,7 @@ class CallOrderMatcher:
 
 def records(trace: Any) -> list[Any]:
     """Every op record of a trace by call index, orphans included."""
-    return list(trace.ops[0]._ops) if len(trace.ops) else []
+    return list(trace.record_table)
 
 
 def resolve(trace: Any, selector: Any) -> list[Any]:

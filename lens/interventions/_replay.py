@@ -64,7 +64,7 @@ class ForkInterpreter(Interpreter):
 def refuse_severing_edits(trace: Trace, edited: Iterable[int]) -> None:
     """Refuse edits replay cannot reproduce: a view that a later write goes through (a live
     edit hands the model a new tensor, which the write then misses), or a refresh op."""
-    records = list(trace.ops[0]._ops) if trace.ops else []
+    records = list(trace.record_table)
     for ci, refresh_ci in storage.severing_edits(records, edited):
         rec, ref = records[ci], records[refresh_ci]
         if ci == refresh_ci:

@@ -9,13 +9,14 @@ another trace of the same model) is shared here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
 from ..errors import InterventionError, PayloadError
+from ..trace import Op
 
 
 def describe(op: Any) -> str:
@@ -105,7 +106,7 @@ class ValueSite(Site):
     def inputs(self) -> list[Tensor]:
         self._no_inplace()
         if self.exit_call is not None:  # as the module left them (in-place ops included)
-            return [self.value_of(_latest(self.op._ops, i, self.exit_call))
+            return [self.value_of(_latest(_records_of(self.op), i, self.exit_call))
                     for i in self.exit_call.input_ops]
         refs = [r for r in _template_refs(self.op.args)]
         for v in self.op.kwargs.values():
@@ -115,9 +116,16 @@ class ValueSite(Site):
 
 def trace_site(op: Any, full: Tensor) -> Site:
     """The site of an op of a finished trace (inputs from saved payloads)."""
-    if op is None or not hasattr(op, "_ops"):
+    if not isinstance(op, Op):
         return Site(op, full)
-    return ValueSite(op, full, lambda i: _saved(op._ops[i], "the inputs of " + describe(op)))
+    records = op.trace.record_table
+    return ValueSite(op, full, lambda i: _saved(records[i], "the inputs of " + describe(op)))
+
+
+def _records_of(op: Any) -> Sequence[Any]:
+    """Every record of the recording ``op`` belongs to, by call index: a finished trace's
+    table, or the live recording while the model runs."""
+    return op.trace.record_table if isinstance(op, Op) else op.recording
 
 
 def same_site(source: Any, op: Any, what: str) -> Tensor:
@@ -127,7 +135,7 @@ def same_site(source: Any, op: Any, what: str) -> Tensor:
         raise InterventionError(
             f"{what} takes the value of the same op in another trace, so it needs the op: "
             "use it in tl.when / fork().intervene, or call it as action(value, op).")
-    records = source.ops[0]._ops if len(source.ops) else []
+    records = source.record_table
     ci = op.call_index
     if ci >= len(records):
         raise InterventionError(

@@ -17,12 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentTypeError, InterventionError, expect
+from ..trace import Trace
 from ._base import Action, Path, call_user, cut, fmt_tensor, like
 from ._sites import Site, same_site
 
 
 def _is_trace(obj: Any) -> bool:
-    return hasattr(obj, "ops") and hasattr(obj, "layer_list")
+    return isinstance(obj, Trace)
 
 
 def _source(source: Any, x: Tensor, site: Site, path: Path, what: str) -> Tensor:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from ..capture.records import IDENTITY, OP
+from ..capture.records import IDENTITY, OP, OpRecord, RecordTable
+from ..capture.stash import Stash
 from ..errors import InterventionError, PayloadError
 from ..replay.interpreter import tensors_equal
 from ..selectors import Selector, coerce, split_call
 from ..trace import Layer, Op, OpGroup, Trace
-from ..trace.stash import Stash
 from ._base import Action, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, preserved_rng, records
@@ -51,22 +52,17 @@ class Fork(Trace):
     def __init__(self, source: Trace) -> None:  # noqa: D107 - see fork()
         cached = _cached_names(type(source))
         self.__dict__.update({k: v for k, v in source.__dict__.items() if k not in cached})
-        old = records(source)
-        new: list[Op] = [_copy_op(r) for r in old]
-        for r in new:
-            r._ops = new
-        layers = []
-        for layer in source.layer_list:
-            copy = Layer(layer.label, layer.short_label, layer.type, layer.total_num)
-            copy.passes = [new[op.call_index] for op in layer.passes]
-            for op in copy.passes:
-                op.layer = copy
-            layers.append(copy)
-        self.ops = [new[op.call_index] for op in source.ops]
-        self.layer_list = layers
-        self._by_call = {op.call_index: op for op in self.ops}
-        for op in self.ops:
-            op.trace = self
+        # Own records (lists copied, tensors shared); the layer table is shared: it holds
+        # labels and call indices only.
+        self.record_table = RecordTable(
+            None if r is None else _copy_op(r) for r in source.record_table)
+        table = weakref.ref(self.record_table)
+        for r in self.record_table:
+            if r is not None:
+                r._ops = table
+        self.kept = [self.record_table[r.call_index] for r in source.kept]
+        self._by_call = {r.call_index: r for r in self.kept}
+        self._views = {}
         self.options = source.options
         self.stash = Stash()
         self.source = source
@@ -121,7 +117,7 @@ class Fork(Trace):
         refuse_severing_edits(src, plan)
         interp = ForkInterpreter(src)
         base: dict[int, Tensor] = {}
-        first = min(src._by_call[ci].index for ci in plan)
+        first = min(src._by_call[ci].pos for ci in plan)
         try:
             for op in src.ops[first:]:
                 ci = op.call_index
@@ -161,7 +157,7 @@ class Fork(Trace):
                   interp: ForkInterpreter) -> list[tuple[float, Tensor]]:
         """Apply ``steps`` in order; each module-exit step starts a new version."""
         versions: list[tuple[float, Tensor]] = []
-        mine = self._by_call.get(op.call_index, op)  # edits are recorded on the fork's op
+        mine = Op(self, self._by_call.get(op.call_index, op.record))  # edits go on the fork's op
         for _spec, act, call in steps:
             if call is not None and (not versions or versions[-1][0] != call.last_op):
                 versions.append((call.last_op, value))
@@ -231,7 +227,7 @@ def _check_branches(src: Trace, recomputed: dict[int, Tensor]) -> None:
     """Refuse a replay that changed a value Python branched on (``if t:``, a generation's
     stop test): the model would have taken another path, which replay cannot follow."""
     for ci, value in recomputed.items():
-        op = src._by_call.get(ci)
+        op = src.op_at_call(ci)
         if op is None or not op.bool_used or op.payload is None:
             continue
         if not tensors_equal(value, op.payload):
@@ -257,9 +253,9 @@ def sites(trace: Trace, spec: Any) -> tuple[list[Op], Selector | None]:
     """The ops ``spec`` names in ``trace``, and the selector deciding at which module
     exit each is edited (None: edited as the op runs)."""
     if isinstance(spec, Op):
-        return [trace._by_call[spec.call_index]], None
+        return [Op(trace, trace._by_call[spec.call_index])], None
     if isinstance(spec, (Layer, OpGroup)):
-        return [trace._by_call[op.call_index] for op in spec], None
+        return [Op(trace, trace._by_call[op.call_index]) for op in spec], None
     if isinstance(spec, str):
         try:
             base, _ = split_call(spec)
@@ -315,15 +311,15 @@ def _seen_by(interp: ForkInterpreter, consumer: int, ci: int) -> Tensor:
     return interp.seen_by(ci, consumer)
 
 
-def _copy_op(op: Op) -> Op:
-    """A new op with the same slot values (lists copied, tensors shared)."""
-    n = Op.__new__(Op)
+def _copy_op(op: OpRecord) -> OpRecord:
+    """A new record with the same slot values (lists copied, tensors shared)."""
+    n = OpRecord.__new__(OpRecord)
     for name in _slot_names():
         try:
             value = getattr(op, name)
-        except AttributeError:  # set later (labels, trace, gradients), not yet present
+        except AttributeError:  # set later (labels, gradients), not yet present
             continue
-        if name == "_stash":  # the fork's own slots, starting from the source's values
+        if name == "_stash":  # the fork's own stash, starting from the source's values
             value = value.copy()
         setattr(n, name, list(value) if name in _LISTS else value)
     return n
@@ -334,15 +330,8 @@ _LISTS = frozenset({"child_idx", "fired", "output_of"})
 
 @functools.cache
 def _slot_names() -> tuple[str, ...]:
-    """Every slot of ``Op`` and its record base class."""
-    from ..capture.records import OpRecord
-
-    names: list[str] = []
-    for cls in reversed(Op.__mro__):
-        if isinstance(cls, type) and issubclass(cls, OpRecord):
-            names.extend(n for n in cls.__dict__.get("__slots__", ())
-                         if n not in ("__weakref__", "__dict__"))
-    return tuple(dict.fromkeys(names))
+    """Every slot of a record but the link to a live recording."""
+    return tuple(n for n in OpRecord.__slots__ if n not in ("__weakref__", "_ops"))
 
 
 def _cached_names(cls: type) -> frozenset[str]:

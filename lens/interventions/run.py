@@ -9,7 +9,6 @@ from ..capture.args import check_input_kwargs
 from ..capture.model_index import ModelIndex
 from ..capture.sparse import module_map
 from ..errors import CaptureError
-from ..trace import Op
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -50,7 +49,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         bind = getattr(r, "bind", None)
         rules.append(bind(context) if bind is not None else r)
     index = ModelIndex(top)
-    rec = Recorder(top, record_cls=Op,
+    rec = Recorder(top,
                    policy=SaveNone(), interceptors=tuple(rules), index=index)
     output = run_forward(model, rec, args, kwargs)
     rec.finish()

@@ -25,10 +25,9 @@ from typing import Any
 import torch
 
 from ..capture import funcs
-from ..capture.records import ParamRef, Ref
+from ..capture.records import OpRecord, ParamRef, Ref
 from ..capture.template import map_arg
 from ..errors import LoadError
-from ..trace import Op
 
 Params = dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]]  # name -> param meta
 
@@ -72,7 +71,7 @@ def _bytes(shape: tuple[int, ...], dtype: Any) -> int:
     return math.prod(shape) * size
 
 
-def unreplayable_reasons(candidates: Iterable[Op], slots: Sequence[Op | None],
+def unreplayable_reasons(candidates: Iterable[OpRecord], slots: Sequence[OpRecord | None],
                          params: Params, max_op_bytes: int = MAX_OP_BYTES) -> dict[int, str]:
     """Call index -> why replaying that op is refused, for every op of ``candidates`` (the
     replayable ones) that fails a check; ``slots`` holds every op by call index."""
@@ -96,7 +95,7 @@ def unreplayable_reasons(candidates: Iterable[Op], slots: Sequence[Op | None],
     return reasons
 
 
-def _meta_check(op: Op, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
+def _meta_check(op: OpRecord, shape_of: Callable[[int], tuple[tuple[int, ...], Any]],
                 params: Params, max_op_bytes: int) -> str | None:
     name = funcs.op_type(funcs.func_name(op.func))
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import os
 import stat
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..capture import modes
-from ..capture.records import OP, ModuleCallRecord, ParamRef, Ref
+from ..capture.records import OP, ModuleCallRecord, OpRecord, ParamRef, RecordTable, Ref
 from ..errors import LoadError, ReplayError
-from ..trace import Layer, Op, Trace
+from ..trace import Op, Trace
+from ..trace.op import LayerInfo
 from ..trace.options import TraceOptions
 from . import _sizes, names
 from ._safe import loads_json, read_regular
@@ -55,10 +57,10 @@ class NotReplayable:
         self.__name__ = func_name
         self.reason = reason
         self.func = func
-        self.op: Op | None = None
+        self.label = func_name  # the op's label, once the trace is built
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        label = self.op.label if self.op is not None else self.__name__
+        label = self.label
         raise ReplayError(
             f"{label} ({self.__name__}) cannot be replayed from this loaded trace: "
             f"{self.reason}. Replay a live trace instead (tl.trace(model, ...)).")
@@ -67,7 +69,7 @@ class NotReplayable:
         return f"<not replayable: {self.__name__}>"
 
 
-def replayable(op: Op) -> bool:
+def replayable(op: Op | OpRecord) -> bool:
     """False for a loaded op whose function or arguments could not be restored."""
     return not isinstance(op.func, NotReplayable)
 
@@ -150,10 +152,11 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor],
     n = doc.integer("num_recorded")
     if not 0 <= n <= MAX_RECORDED:
         raise LoadError(f"{doc.where}.num_recorded: {n} is out of range (0 to {MAX_RECORDED}).")
-    slots: list[Any] = [None] * n
-    ops: list[Op] = []
+    slots = RecordTable([None] * n)
+    slots_ref = weakref.ref(slots)
+    ops: list[OpRecord] = []
     for i, raw in enumerate(doc.array("ops")):
-        op = _op(Reader(raw, f"ops[{i}]"), slots, calls, tensors)
+        op = _op(Reader(raw, f"ops[{i}]"), slots_ref, calls, tensors)
         if not 0 <= op.call_index < n or slots[op.call_index] is not None:
             raise LoadError(f"ops[{i}]: call index {op.call_index} is out of range or repeated.")
         if ops and op.call_index <= ops[-1].call_index:
@@ -189,12 +192,14 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor],
                                                   max_op_bytes).items():
         op = slots[ci]
         op.func = NotReplayable(op.func_name, reason, op.func)
-        op.func.op = op
-    trace = Trace(ops=ops, layers=layers, model_name=doc.text("model_name"),
+    trace = Trace(ops=ops, records=slots, layers=layers, model_name=doc.text("model_name"),
                   module_calls=calls, module_info=info, param_meta=meta, param_values=values,
                   output=decode(doc.raw("output"), "output", tensors),
                   save_spec=_plain(decode(doc.raw("save_spec"), "save_spec")),
                   halted=doc.flag("halted"), elapsed=doc.number("elapsed"), options=options)
+    for view in trace.ops:
+        if isinstance(view.func, NotReplayable):
+            view.func.label = view.label
     return trace
 
 
@@ -243,8 +248,8 @@ def _calls_at(r: Reader, key: str, calls: list[ModuleCallRecord]) -> list[Module
     return found
 
 
-def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
-        tensors: dict[str, torch.Tensor]) -> Op:
+def _op(r: Reader, slots: weakref.ref[RecordTable], calls: list[ModuleCallRecord],
+        tensors: dict[str, torch.Tensor]) -> OpRecord:
     kind = r.text("kind")
     func_name = r.text("func_name")
     args = decode(r.raw("args"), f"{r.where}.args")
@@ -257,10 +262,11 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
     out_index = decode(r.raw("out_index"), f"{r.where}.out_index")
     if not isinstance(out_index, tuple) or not all(isinstance(k, (int, str)) for k in out_index):
         raise LoadError(f"{r.where}.out_index: expected a tuple of ints and strings.")
-    op = Op(slots, r.integer("call_index"), kind, func, func_name, r.text("type"), args, kwargs,
-            tuple(r.integers("parents")), payload, None, tuple(_calls_at(r, "module_ctx", calls)),
-            tuple(r.texts("params")), r.number("elapsed"), out_index, r.integer("call_id"),
-            r.integer("mutates", optional=True), r.text("address", optional=True))
+    op = OpRecord(slots, r.integer("call_index"), kind, func, func_name, r.text("type"), args,
+                  kwargs, tuple(r.integers("parents")), payload, None,
+                  tuple(_calls_at(r, "module_ctx", calls)), tuple(r.texts("params")),
+                  r.number("elapsed"), out_index, r.integer("call_id"),
+                  r.integer("mutates", optional=True), r.text("address", optional=True))
     op.child_idx = list(r.integers("children"))
     op._saved = r.flag("saved")
     op.shape = tuple(r.integers("shape"))
@@ -284,8 +290,6 @@ def _op(r: Reader, slots: list[Any], calls: list[ModuleCallRecord],
     grad_key = r.text("grad", optional=True)
     if grad_key is not None:
         op.grad = _tensor(tensors, grad_key, r.where)
-    if isinstance(func, NotReplayable):
-        func.op = op
     return op
 
 
@@ -321,7 +325,7 @@ def _refs(v: Any) -> list[int]:
     return []
 
 
-def _check_graph(ops: list[Op], slots: list[Any], calls: list[ModuleCallRecord]) -> None:
+def _check_graph(ops: list[OpRecord], slots: list[Any], calls: list[ModuleCallRecord]) -> None:
     for op in ops:
         where = f"op #{op.call_index}"
         for p in op.parent_idx:
@@ -336,22 +340,22 @@ def _check_graph(ops: list[Op], slots: list[Any], calls: list[ModuleCallRecord])
             raise LoadError(f"{where}: mutated argument {op.mutates} does not exist.")
 
 
-def _layers(doc: Reader, ops: list[Op]) -> list[Layer]:
-    layers: list[Layer] = []
+def _layers(doc: Reader, ops: list[OpRecord]) -> list[LayerInfo]:
+    layers: list[LayerInfo] = []
     seen = [False] * len(ops)
     for i, raw in enumerate(doc.array("layers")):
         r = Reader(raw, f"layers[{i}]")
-        layer = Layer(r.text("label"), r.text("short_label"), r.text("type"),
-                      r.integer("total_num"))
+        layer = LayerInfo(r.text("label"), r.text("short_label"), r.text("type"),
+                          r.integer("total_num"))
         for k, pos in enumerate(r.integers("passes")):
             if not 0 <= pos < len(ops) or seen[pos]:
                 raise LoadError(f"{r.where}: pass position {pos} is invalid or repeated.")
             seen[pos] = True
             op = ops[pos]
-            op.index = pos
-            op.layer = layer
+            op.pos = pos
+            op.layer_idx = len(layers)
             op.pass_num = k + 1
-            layer.passes.append(op)
+            layer.passes.append(op.call_index)
         layers.append(layer)
     if not all(seen):
         raise LoadError(f"layers: op {seen.index(False)} belongs to no layer.")

@@ -226,7 +226,7 @@ def document(trace: Trace, store: TensorStore, *, params: bool = True) -> dict[s
         "layers": [{"label": layer.label, "short_label": layer.short_label,
                     "type": layer.type, "total_num": int(layer.total_num),
                     "passes": [op.index for op in layer.passes]}
-                   for layer in trace.layer_list],
+                   for layer in trace.layers],
         "ops": [_op(op, call_pos, store) for op in trace.ops],
         "output": encode(trace.output, store.add),
     }

@@ -24,12 +24,12 @@ from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import PAYLOAD_POLICIES, PayloadPolicy, SelectorPolicy, halt_predicate
+from ..capture.records import OpRecord
 from ..capture.slicing import SlicedPayload, check_index
 from ..errors import CaptureError, SelectorError, expect
 from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
-from .op import Op
 from .options import TraceOptions
 from .trace import Trace
 
@@ -116,7 +116,7 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
         "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
     if save_grads is not False and save_grads is not None:
         interceptors = (*interceptors, GradCapture(save_grads, addresses))
-    rec = Recorder(hooked_module(model), record_cls=Op,
+    rec = Recorder(hooked_module(model),
                    policy=policy, interceptors=interceptors, halt=halt_fn,
                    payload=payload, code_context=code_context,
                    index=index)
@@ -146,16 +146,19 @@ def _rng_snapshot() -> dict[str, Any]:
 def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float, *,
           keep_orphans: bool = False, detect_loops: bool = True) -> Trace:
     """Postprocess a finished recording into a Trace."""
-    ops = postprocess.kept_ops(rec.ops, keep_orphans or rec.halted)  # type: ignore[arg-type]
+    ops = postprocess.kept_ops(rec.ops, keep_orphans or rec.halted)
     grouper = _grouper(detect_loops)
     layers = postprocess.assign_labels(ops, grouper(ops))
     index = rec.index
-    result = Trace(ops=ops, layers=layers, model_name=_model_name(model),
+    result = Trace(ops=ops, records=rec.ops, layers=layers, model_name=_model_name(model),
                    module_calls=rec.module_calls, module_info=index.module_info,
                    param_meta=index.param_meta, param_values=index.param_values, output=output,
                    save_spec=save_spec, halted=rec.halted, elapsed=elapsed,
                    options=TraceOptions(keep_orphans=keep_orphans, detect_loops=detect_loops))
-    rec.finish()
+    for ic in rec.interceptors:
+        if isinstance(ic, GradCapture):
+            ic.bind(result)
+    rec.finish(lambda r: result.op_at_call(r.call_index))
     return result
 
 
@@ -188,7 +191,7 @@ def _no_gc() -> Iterator[None]:
                 gc.enable()
 
 
-def _grouper(detect_loops: bool) -> Callable[[list[Op]], list[int]]:
+def _grouper(detect_loops: bool) -> Callable[[list[OpRecord]], list[int]]:
     try:
         from .loops import find_layers
     except ImportError:

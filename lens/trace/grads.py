@@ -30,37 +30,50 @@ from torch import Tensor
 
 from ..capture.known import check_names
 from ..capture.policy import SelectorPolicy
-from ..capture.records import INPUT, OUTPUT
+from ..capture.records import INPUT, OUTPUT, OpRecord
+from ..capture.stash import StashKey
 from ..capture.template import tensor_leaves
 from ..errors import PayloadError
 from ..selectors import ALL, Selector, coerce
-from .stash import StashKey
+from .op import Op
 
 if TYPE_CHECKING:
     from .trace import Trace
 
 
 class _Store:
-    """The tensor hook of one op: adds the incoming gradient to ``op.grad``.
+    """The tensor hook of one op: adds the incoming gradient to the op's record.
 
-    It holds the op weakly. The hook lives in the tensor's autograd node, which the op's
-    payload (that same tensor) keeps alive from C++: a strong reference would close a
-    loop the cycle collector cannot see through, and every trace would leak."""
+    It holds the record weakly. The hook lives in the tensor's autograd node, which the
+    op's payload (that same tensor) keeps alive from C++: a strong reference would close a
+    loop the cycle collector cannot see through, and every trace would leak. A selector
+    decided on the finished trace reaches the trace through ``owner`` (weakly too)."""
 
-    __slots__ = ("op", "check")
+    __slots__ = ("op", "check", "owner")
 
-    def __init__(self, op: Any, check: SelectorPolicy | None) -> None:
+    def __init__(self, op: OpRecord, check: SelectorPolicy | None,
+                 owner: GradCapture | None = None) -> None:
         self.op = weakref.ref(op)
         self.check = check  # decided when the gradient arrives, on the finished trace
+        self.owner = owner
 
     def __call__(self, grad: Tensor) -> None:
-        op = self.op()
-        if op is None:  # the trace is gone: nobody can read this gradient
+        rec = self.op()
+        if rec is None:  # the trace is gone: nobody can read this gradient
             return
-        if self.check is not None and not self.check.decide(op, "final"):
-            return
-        old = op.grad
-        op.grad = grad if old is None else old + grad
+        if self.check is not None:
+            trace = self.owner.trace() if self.owner is not None else None
+            if trace is None or not self.check.decide(Op(trace, rec), "final"):
+                return
+        old = getattr(rec, "grad", None)
+        rec.grad = grad if old is None else old + grad
+
+
+def _no_trace() -> None:
+    return None
+
+
+_NO_TRACE: Any = _no_trace
 
 
 class GradCapture:
@@ -76,6 +89,11 @@ class GradCapture:
         self._all = sel is ALL
         self._live = sel.timing == "live"
         self._deferred = None if self._live else SelectorPolicy(sel)
+        self.trace: weakref.ref[Trace] = _NO_TRACE  # the finished trace (see bind)
+
+    def bind(self, trace: Trace) -> None:
+        """The trace this run built: gradients decided on final labels look ops up there."""
+        self.trace = weakref.ref(trace)
 
     def __call__(self, op: Any, value: Tensor) -> Tensor:
         if not value.requires_grad:
@@ -83,7 +101,8 @@ class GradCapture:
         if self._all or (self._live and self.selector(op)):
             value.register_hook(_Store(op, None))  # type: ignore[no-untyped-call]
         elif not self._live:
-            value.register_hook(_Store(op, self._deferred))  # type: ignore[no-untyped-call]
+            value.register_hook(  # type: ignore[no-untyped-call]
+                _Store(op, self._deferred, self))
         return value
 
     def __repr__(self) -> str:
@@ -134,7 +153,7 @@ def _hook_sources(trace: Trace, spec: Any) -> None:
         if (op.call_index in hooked or not isinstance(value, Tensor) or not value.requires_grad
                 or not sel(op)):
             continue
-        value.register_hook(_Store(op, None))  # type: ignore[no-untyped-call]
+        value.register_hook(_Store(op.record, None))  # type: ignore[no-untyped-call]
         hooked.add(op.call_index)
 
 

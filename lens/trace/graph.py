@@ -19,14 +19,10 @@ applied.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..capture.records import INPUT, OP, OUTPUT
-
-if TYPE_CHECKING:
-    from .op import Op
+from ..capture.records import INPUT, OP, OUTPUT, OpRecord
 
 
 class GraphFacts:
@@ -35,7 +31,7 @@ class GraphFacts:
     __slots__ = ("min_from_input", "max_from_input", "min_to_output", "max_to_output",
                  "terminal_bool", "cond_branch")
 
-    def __init__(self, ops: Sequence[Op]) -> None:
+    def __init__(self, ops: Sequence[OpRecord]) -> None:
         n = len(ops)
         pos = {op.call_index: i for i, op in enumerate(ops)}
         parents = [[pos[c] for c in op.parent_idx if c in pos] for op in ops]
@@ -77,10 +73,10 @@ def _distances(order: range, edges: list[list[int]], is_source: list[bool]
     return lo, hi
 
 
-def _is_terminal_bool(op: Op, childless: bool) -> bool:
+def _is_terminal_bool(op: OpRecord, childless: bool) -> bool:
     """A single-element boolean tensor that feeds nothing: the test of an ``if``."""
     return (childless and op.kind == OP and op.dtype == torch.bool
-            and op.numel == 1)
+            and all(s == 1 for s in op.shape))
 
 
 def _flood_cond(conditions: list[int], parents: list[list[int]],

@@ -31,8 +31,7 @@ from collections.abc import Hashable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from ..capture.records import IDENTITY, OP, ModuleCallRecord, ParamRef, Ref
-from .op import Op
+from ..capture.records import IDENTITY, OP, ModuleCallRecord, OpRecord, ParamRef, Ref
 
 # Rule 3: how far back to look for the previous block, and how many earlier occurrences
 # of a signature to try as its start.
@@ -43,7 +42,7 @@ _TENSOR = ("T",)
 _SCALARS = frozenset({bool, int, float, str})
 
 
-def find_layers(ops: Sequence[Op], detect_loops: bool = True) -> list[int]:
+def find_layers(ops: Sequence[OpRecord], detect_loops: bool = True) -> list[int]:
     """For each op, the position of the first op of its layer (see module docstring)."""
     groups = _Groups(len(ops))
     seeds = _rule1(ops, groups)
@@ -59,7 +58,7 @@ def find_layers(ops: Sequence[Op], detect_loops: bool = True) -> list[int]:
 class _Graph:
     """Positions, neighbours and interned signatures of the kept ops."""
 
-    def __init__(self, ops: Sequence[Op]) -> None:
+    def __init__(self, ops: Sequence[OpRecord]) -> None:
         self.ops = ops
         pos = {op.call_index: i for i, op in enumerate(ops)}
         self.parents = [[pos[c] for c in op.parent_idx if c in pos] for op in ops]
@@ -214,7 +213,7 @@ class _Groups:
 
 
 # --------------------------------------------------------------------------- rule 1
-def _rule1(ops: Sequence[Op], groups: _Groups) -> list[tuple[list[int], int]]:
+def _rule1(ops: Sequence[OpRecord], groups: _Groups) -> list[tuple[list[int], int]]:
     """Same parameters applied several times: passes. Returns (positions, seed id)."""
     by_key: dict[Hashable, list[int]] = {}
     for i, op in enumerate(ops):

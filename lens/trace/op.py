@@ -1,8 +1,9 @@
-"""``Op`` (one pass of one layer) and ``Layer`` (all passes): the records users index.
+"""``Op`` (one pass of one layer) and ``Layer`` (all passes): what users index.
 
-An ``Op`` is the capture engine's record plus derived, read-only properties. Facts that
-can be computed from the graph (sizes, module containment, neighbours) are computed on
-access rather than stored.
+Both are light views over what the trace owns (an :class:`OpRecord` the capture engine
+wrote, a :class:`LayerInfo`), paired with the trace. Facts that can be computed from the
+graph (labels, sizes, module containment, neighbours) are computed on access rather than
+stored.
 """
 
 from __future__ import annotations
@@ -13,96 +14,147 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..capture.frames import Frame, frames
-from ..capture.records import BUFFER, INPUT, OP, OUTPUT, OpRecord
+from ..capture.modes import Mode
+from ..capture.records import BUFFER, INPUT, OP, OUTPUT, ModuleCallRecord, OpRecord
+from ..capture.rng import RngState
+from ..capture.stash import Stash
 from ..errors import PayloadError
 from . import flops, fmt
-from .stash import Stash
 
 if TYPE_CHECKING:
     from .trace import Trace
 
 
-class Op(OpRecord):
-    """One executed op: one tensor produced by one call (one pass of one layer)."""
+class Op:
+    """One executed op: one tensor produced by one call (one pass of one layer).
 
-    __slots__ = ("_index", "layer", "pass_num", "trace", "_grad", "_labels", "_stash")
-    _index: int
-    layer: Layer
-    pass_num: int
+    A light view: the record the capture engine wrote (``op.record``) paired with the
+    trace that owns it (``op.trace``). Every lookup makes a fresh view, so compare ops with
+    ``==`` (views of one record are equal and hash alike), not ``is``. Holding an op keeps
+    its trace alive; the trace never refers back to its views, so dropping the last
+    reference frees the trace and its payloads at once (no cycle collector needed).
+    """
+
+    record: OpRecord
     trace: Trace
-    _grad: torch.Tensor | None
-    _labels: frozenset[str]
-    _stash: Stash
+
+    if not TYPE_CHECKING:
+        __slots__ = ("record", "trace")
+    else:  # the record's fields, read and written through (see _forward)
+        call_index: int
+        kind: str
+        func: Any
+        func_name: str
+        type: str
+        args: tuple[Any, ...]
+        kwargs: dict[str, Any]
+        parent_idx: tuple[int, ...]
+        child_idx: list[int]
+        payload: torch.Tensor | None
+        shape: tuple[int, ...]
+        dtype: torch.dtype | None
+        device: torch.device | None
+        requires_grad: bool
+        module_ctx: tuple[ModuleCallRecord, ...]
+        output_of: list[ModuleCallRecord]
+        params: tuple[str, ...]
+        elapsed: float
+        out_index: tuple[int | str, ...]
+        call_id: int
+        mutates: int | None
+        address: str | None
+        fired: list[Any]
+        code: Any
+        bool_used: bool
+        step: int
+        rng: RngState | None
+        mode: Mode | None
+        pass_num: int
+        _saved: bool
+        module_addresses: tuple[str, ...]
+        module: str | None
+        module_outputs: tuple[str, ...]
+        module_call: str | None
+
+    def __init__(self, trace: Trace, record: OpRecord) -> None:
+        self.trace = trace
+        self.record = record
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Op) and other.record is self.record
+
+    def __hash__(self) -> int:
+        return id(self.record)
 
     @property
     def stash(self) -> Stash:
         """What other rooms attach to this op (facet values an edit produced, ...), by
         typed key; made on first use, so ops that carry nothing pay nothing."""
-        try:
-            return self._stash
-        except AttributeError:
-            self._stash = Stash()
-            return self._stash
+        return self.record.stash
 
     @property
     def grad(self) -> torch.Tensor | None:
-        """Gradient flowing through this op (``save_grads=`` and ``log_backward``), or None.
-
-        A property over an optional slot, so creating an op costs nothing extra."""
-        try:
-            return self._grad
-        except AttributeError:
-            return None
+        """Gradient flowing through this op (``save_grads=`` and ``log_backward``), or None."""
+        return getattr(self.record, "grad", None)
 
     @grad.setter
     def grad(self, value: torch.Tensor | None) -> None:
-        self._grad = value
+        self.record.grad = value
 
     @property
     def index(self) -> int:
-        """Position in the trace (execution order); the call order until postprocessing."""
-        try:
-            return self._index
-        except AttributeError:
-            return self.call_index
+        """Position in the trace (execution order among the kept ops)."""
+        return self.record.pos
 
-    @index.setter
-    def index(self, value: int) -> None:
-        self._index = value
+    @property
+    def layer(self) -> Layer:
+        return Layer(self.trace, self.trace.layer_table[self.record.layer_idx])
+
+    @property
+    def recording(self) -> OpList:
+        """Every record of the trace by call index (orphans included), as ops."""
+        return self.trace.records
 
     # --------------------------------------------------------------- identity
     @property
+    def _info(self) -> LayerInfo:
+        return self.trace.layer_table[self.record.layer_idx]
+
+    @property
     def num_passes(self) -> int:
-        return len(self.layer.passes)
+        return len(self._info.passes)
 
     @property
     def layer_label(self) -> str:
         """The label without pass suffix, e.g. ``linear_1_1``."""
-        return self.layer.label
+        return self._info.label
 
     @property
     def label(self) -> str:
         """Full label; multi-pass layers carry the pass, e.g. ``linear_1_1:2``."""
-        if len(self.layer.passes) > 1:
-            return f"{self.layer.label}:{self.pass_num}"
-        return self.layer.label
+        info = self._info
+        if len(info.passes) > 1:
+            return f"{info.label}:{self.record.pass_num}"
+        return info.label
 
     @property
     def short_label(self) -> str:
         """``{type}_{type_num}`` (with ``:k`` for multi-pass layers)."""
-        base = self.layer.short_label
-        return f"{base}:{self.pass_num}" if len(self.layer.passes) > 1 else base
+        info = self._info
+        base = info.short_label
+        return f"{base}:{self.record.pass_num}" if len(info.passes) > 1 else base
 
     @property
     def labels(self) -> frozenset[str]:
         """Every string key that finds this op in ``trace[...]``."""
+        rec = self.record
         try:
-            return self._labels
+            return rec.keys
         except AttributeError:
             from .postprocess import op_keys
 
-            self._labels = op_keys(self)
-            return self._labels
+            rec.keys = op_keys(self)
+            return rec.keys
 
     @property
     def lookup_keys(self) -> list[Any]:
@@ -114,13 +166,13 @@ class Op(OpRecord):
     # --------------------------------------------------------------- graph
     @property
     def parents(self) -> list[Op]:
-        ops = self.recording
-        return [ops[i] for i in self.parent_idx]
+        t, recs = self.trace, self.trace.record_table
+        return [Op(t, recs[i]) for i in self.record.parent_idx]
 
     @property
     def children(self) -> list[Op]:
-        ops = self.recording
-        return [ops[i] for i in self.child_idx]
+        t, recs = self.trace, self.trace.record_table
+        return [Op(t, recs[i]) for i in self.record.child_idx]
 
     @property
     def parent_labels(self) -> list[str]:
@@ -155,29 +207,6 @@ class Op(OpRecord):
         return self.kind == BUFFER
 
     # --------------------------------------------------------------- modules
-    @property
-    def module_addresses(self) -> tuple[str, ...]:
-        """Containing modules, outermost first (no call numbers)."""
-        return tuple(c.address for c in self.module_ctx)
-
-    @property
-    def module(self) -> str | None:
-        """Address of the innermost module this op ran in (None at top level)."""
-        return self.module_ctx[-1].address if self.module_ctx else None
-
-    @property
-    def module_call(self) -> str | None:
-        """The innermost module call, e.g. ``fc:2``."""
-        return self.module_ctx[-1].key if self.module_ctx else None
-
-    @property
-    def module_outputs(self) -> tuple[str, ...]:
-        """Modules this op's tensor is the output of, bare and with call (``fc``, ``fc:2``)."""
-        keys: list[str] = []
-        for c in self.output_of:
-            keys.extend((c.address, c.key))
-        return tuple(dict.fromkeys(keys))
-
     @property
     def is_module_output(self) -> bool:
         return bool(self.output_of)
@@ -333,20 +362,115 @@ class Op(OpRecord):
         return fmt.op_report(self)
 
 
-class Layer(Sequence[Op]):
-    """All passes of one layer. Index it (``layer[0]`` is pass 1) or iterate over passes."""
+def _forward(name: str) -> property:
+    def get(self: Op) -> Any:
+        return getattr(self.record, name)
 
-    __slots__ = ("label", "short_label", "type", "passes", "total_num")
+    def put(self: Op, value: Any) -> None:
+        setattr(self.record, name, value)
+
+    return property(get, put, doc=f"The record's ``{name}`` (see lens.capture.records).")
+
+
+_FORWARDED = (
+    "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
+    "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
+    "output_of", "params", "elapsed", "out_index", "call_id", "mutates", "address", "fired",
+    "code", "bool_used", "step", "rng", "mode", "pass_num", "_saved")
+for _name in _FORWARDED:
+    setattr(Op, _name, _forward(_name))
+for _name in ("module_addresses", "module", "module_outputs", "module_call"):
+    setattr(Op, _name, property(getattr(OpRecord, _name).fget))
+
+
+class OpList(Sequence[Op]):
+    """The ops of a trace in order: a sequence of views made as they are read.
+
+    Over a loaded trace's recording (``trace.records``), the places of orphans that were
+    not saved hold None, so positions stay call indices."""
+
+    __slots__ = ("trace", "recs")
+
+    def __init__(self, trace: Trace, recs: list[OpRecord]) -> None:
+        self.trace = trace
+        self.recs = recs
+
+    def __len__(self) -> int:
+        return len(self.recs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [None if r is None else Op(self.trace, r) for r in self.recs[i]]
+        r = self.recs[i]
+        return None if r is None else Op(self.trace, r)
+
+    def __iter__(self) -> Iterator[Op]:
+        t = self.trace
+        for r in self.recs:
+            yield None if r is None else Op(t, r)
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, Op) and value.trace is self.trace and any(
+            r is value.record for r in self.recs)
+
+    def __repr__(self) -> str:
+        return f"<{len(self.recs)} ops of {self.trace!r}>"
+
+
+class LayerInfo:
+    """One layer of a trace, as the trace stores it: labels and the call indices of its
+    passes (no references to ops or to the trace)."""
+
+    __slots__ = ("label", "short_label", "type", "total_num", "passes")
 
     def __init__(self, label: str, short_label: str, type_: str, total_num: int) -> None:
-        self.total_num = total_num
         self.label = label
         self.short_label = short_label
         self.type = type_
-        self.passes: list[Op] = []
+        self.total_num = total_num
+        self.passes: list[int] = []  # call indices, in pass order
+
+
+class Layer(Sequence[Op]):
+    """All passes of one layer. Index it (``layer[0]`` is pass 1) or iterate over passes.
+
+    A view, like :class:`Op`: equal to any other view of the same layer."""
+
+    __slots__ = ("trace", "info")
+
+    def __init__(self, trace: Trace, info: LayerInfo) -> None:
+        self.trace = trace
+        self.info = info
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layer) and other.info is self.info
+
+    def __hash__(self) -> int:
+        return id(self.info)
+
+    @property
+    def label(self) -> str:
+        return self.info.label
+
+    @property
+    def short_label(self) -> str:
+        return self.info.short_label
+
+    @property
+    def type(self) -> str:
+        return self.info.type
+
+    @property
+    def total_num(self) -> int:
+        return self.info.total_num
+
+    @property
+    def passes(self) -> list[Op]:
+        t, recs = self.trace, self.trace.record_table
+        return [Op(t, recs[i]) for i in self.info.passes]
 
     def __len__(self) -> int:
-        return len(self.passes)
+        return len(self.info.passes)
 
     def __getitem__(self, i: Any) -> Any:
         return self.passes[i]
@@ -356,19 +480,20 @@ class Layer(Sequence[Op]):
 
     @property
     def num_passes(self) -> int:
-        return len(self.passes)
+        return len(self.info.passes)
 
     @property
     def out(self) -> torch.Tensor:
-        if len(self.passes) == 1:
+        passes = self.info.passes
+        if len(passes) == 1:
             return self.passes[0].out
         raise PayloadError(
-            f"{self.label} is a layer with {len(self.passes)} passes, so it has no single "
+            f"{self.label} is a layer with {len(passes)} passes, so it has no single "
             f"output. Pick a pass: trace['{self.label}:1'] ... trace['{self.label}:"
-            f"{len(self.passes)}'], or iterate: [op.out for op in trace['{self.label}']].")
+            f"{len(passes)}'], or iterate: [op.out for op in trace['{self.label}']].")
 
     def __repr__(self) -> str:
-        return f"<Layer {self.label} ({len(self.passes)} passes)>"
+        return f"<Layer {self.label} ({len(self.info.passes)} passes)>"
 
 
 class OpGroup(Sequence[Op]):

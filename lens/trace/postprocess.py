@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..capture.records import INPUT, OUTPUT
-from .op import Layer, Op
-from .stash import StashKey
+from ..capture.records import INPUT, OUTPUT, OpRecord
+from ..capture.stash import StashKey
+from .op import LayerInfo, Op
 
 # whether a trace records a division with a rounding mode (type 'div'): then 'div_k_n'
 # names that op, not a true division
@@ -17,10 +17,10 @@ _HAS_DIV = StashKey[bool]("trace.has_div")
 
 # A grouping function returns, for each kept op (in order), the index of its layer's
 # first op: ops sharing that value are passes of one layer.
-Grouper = Callable[[Sequence[Op]], list[int]]
+Grouper = Callable[[Sequence[OpRecord]], list[int]]
 
 
-def kept_ops(ops: Sequence[Op], keep_orphans: bool) -> list[Op]:
+def kept_ops(ops: Sequence[OpRecord], keep_orphans: bool) -> list[OpRecord]:
     """Drop orphans: ops neither computed from an input nor feeding an output.
 
     Whatever is kept stays closed under parents, so every kept op can be recomputed.
@@ -49,36 +49,36 @@ def kept_ops(ops: Sequence[Op], keep_orphans: bool) -> list[Op]:
     return kept
 
 
-def singleton_groups(ops: Sequence[Op]) -> list[int]:
+def singleton_groups(ops: Sequence[OpRecord]) -> list[int]:
     """No grouping: every op is its own layer (one pass)."""
     return list(range(len(ops)))
 
 
-def assign_labels(ops: Sequence[Op], groups: list[int]) -> list[Layer]:
+def assign_labels(ops: Sequence[OpRecord], groups: list[int]) -> list[LayerInfo]:
     """Create layers and number them: ``{type}_{type_num}_{total_num}``.
 
     Numbers follow first appearance in execution order; ``total_num`` counts every layer
     (inputs, buffers and outputs included), so the first op after one input is ``_1``.
     """
-    layers: list[Layer] = []
-    by_first: dict[int, Layer] = {}
+    layers: list[LayerInfo] = []
+    by_first: dict[int, int] = {}
     type_counts: dict[str, int] = {}
     for i, op in enumerate(ops):
-        op.index = i
+        op.pos = i
         first = groups[i]
-        layer = by_first.get(first)
-        if layer is None:
+        at = by_first.get(first)
+        if at is None:
             n = type_counts.get(op.type, 0) + 1
             type_counts[op.type] = n
-            total = len(layers)
+            at = total = len(layers)
             short = f"{op.type}_{n}"
             full = short if op.kind in _SHORT_KINDS else f"{short}_{total}"
-            layer = Layer(full, short, op.type, total)
-            by_first[first] = layer
-            layers.append(layer)
-        layer.passes.append(op)
-        op.layer = layer
-        op.pass_num = len(layer.passes)
+            layers.append(LayerInfo(full, short, op.type, total))
+            by_first[first] = at
+        info = layers[at]
+        info.passes.append(op.call_index)
+        op.layer_idx = at
+        op.pass_num = len(info.passes)
     return layers
 
 
@@ -88,7 +88,7 @@ _SHORT_KINDS = frozenset({INPUT, OUTPUT, "buffer"})
 
 def op_keys(op: Op) -> frozenset[str]:
     """The string lookup keys of one op."""
-    layer = op.layer
+    layer = op.trace.layer_table[op.record.layer_idx]
     multi = len(layer.passes) > 1
     k = op.pass_num
     # The layer's own labels find every pass (trace['linear_1_1'] is the Layer), so
@@ -102,7 +102,7 @@ def op_keys(op: Op) -> frozenset[str]:
     for call in op.output_of:
         keys.add(call.key)
     if op.type == "truediv" and not op.trace.stash.setdefault(
-            _HAS_DIV, lambda: any(o.type == "div" for o in op.trace.ops)):
+            _HAS_DIV, lambda: any(o.type == "div" for o in op.trace.kept)):
         # 'div_1_8' still finds what older lens labelled so (unless a real div op of
         # this trace could own the name)
         keys.update("div" + k[7:] for k in list(keys) if k.startswith("truediv_"))

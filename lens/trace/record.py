@@ -36,12 +36,11 @@ from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import STAGE_RANK, SelectorPolicy
-from ..capture.records import OpRecord
+from ..capture.records import OpRecord, RecordTable
 from ..errors import CaptureError, LookupKeyError, PayloadError, expect
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import ADDRESS
 from .api import build, check_labels, recorder
-from .op import Op
 from .sparse import SparseRecording, record_sparse
 from .trace import Trace
 
@@ -67,7 +66,7 @@ class Recording:
         self._trace: Trace | None = None
 
     @property
-    def ops(self) -> list[OpRecord]:
+    def ops(self) -> RecordTable:
         """Every recorded op in call order (raw records: no labels yet)."""
         return self.recorder.ops
 
@@ -230,7 +229,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
         raise _no_match(site)
     types = _label_types(sel)
     if types is not None:
-        engine = Recorder(hooked_module(model), record_cls=Op,
+        engine = Recorder(hooked_module(model),
                           policy=_TypeCandidates(sel, types), payload=PayloadOptions(**opts),
                           index=index)
         output = run_forward(model, engine, args, kwargs)

@@ -33,7 +33,7 @@ class SparseRecording:
                  scope: Scope) -> None:
         self.model = model
         self.output = output
-        self.payloads: dict[str, list[Tensor]] = hooks.saved
+        self.payloads: dict[str, list[Tensor]] = hooks.in_call_order()
         self.halted = hooks.halted
         self.save_spec = save
         self.scope = scope

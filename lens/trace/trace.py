@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord
+from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord, OpRecord, RecordTable
+from ..capture.stash import Stash
 from ..errors import LookupKeyError, close_matches
 from . import fmt
 from .grads import log_backward
 from .graph import GraphFacts
 from .modules import ModuleRecord, Modules, ParamRecord, Params
-from .op import Layer, Op, OpGroup
+from .op import Layer, LayerInfo, Op, OpGroup, OpList
 from .options import TraceOptions
-from .stash import Stash
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..facets import Facets
     from ..interventions import Fork
+
+_V = TypeVar("_V")
 
 
 class Trace:
@@ -32,14 +35,16 @@ class Trace:
     address (``'features.6'``, ``'fc:2'``) or an ordinal (``7``, ``-1``).
     """
 
-    def __init__(self, *, ops: list[Op], layers: list[Layer], model_name: str,
+    def __init__(self, *, ops: list[OpRecord], records: RecordTable,
+                 layers: list[LayerInfo], model_name: str,
                  module_calls: list[ModuleCallRecord],
                  module_info: dict[str, tuple[str, tuple[str, ...]]],
                  param_meta: dict[str, tuple[tuple[int, ...], int, torch.dtype, bool]],
                  param_values: dict[str, torch.Tensor], output: Any, save_spec: Any,
                  halted: bool, elapsed: float, options: TraceOptions) -> None:
-        self.ops = ops
-        self.layer_list = layers
+        self.record_table = records  # every record by call index (None: not kept on load)
+        self.kept = ops  # the records of the kept ops, in execution order
+        self.layer_table = layers
         self.model_name = model_name
         self.module_calls = module_calls
         self.module_info = module_info  # address -> (class name, direct param names)
@@ -50,36 +55,59 @@ class Trace:
         self.halted = halted
         self.elapsed = elapsed
         self.options = options
-        self.stash = Stash()  # what other rooms derive from this trace (lens.trace.stash)
-        self._by_call = {op.call_index: op for op in ops}
-        for op in ops:
-            op.trace = self
+        self.stash = Stash()  # what other rooms derive from this trace (lens.capture.stash)
+        self._by_call = {rec.call_index: rec for rec in ops}
+        self._views: dict[str, weakref.ref[Any]] = {}
+
+    @property
+    def ops(self) -> OpList:
+        """The kept ops in execution order (a sequence of :class:`Op` views)."""
+        return OpList(self, self.kept)
+
+    def _view(self, name: str, make: Callable[[Trace], _V]) -> _V:
+        """A view object over this trace (modules, params), shared while anyone holds it.
+
+        Cached weakly: a view refers to the trace, so a strong cache would be a cycle."""
+        ref = self._views.get(name)
+        found = ref() if ref is not None else None
+        if found is None:
+            found = make(self)
+            self._views[name] = weakref.ref(found)
+        return found
 
     # ------------------------------------------------------------------ lookup
     @cached_property
-    def _lookup(self) -> dict[str, Op | Layer | OpGroup]:
-        table: dict[str, Op | Layer | OpGroup] = {}
-        for layer in self.layer_list:
-            if len(layer.passes) > 1:
-                table[layer.label] = layer
-                table[layer.short_label] = layer
+    def _lookup(self) -> dict[str, OpRecord | LayerInfo | tuple[OpRecord, ...]]:
+        """Key -> what it finds, as records (views are made on each lookup)."""
+        table: dict[str, OpRecord | LayerInfo | tuple[OpRecord, ...]] = {}
+        for info in self.layer_table:
+            if len(info.passes) > 1:
+                table[info.label] = info
+                table[info.short_label] = info
         for op in self.ops:
             for key in op.labels:
-                table.setdefault(key, op)
-        by_address: dict[str, list[Op]] = {}
+                table.setdefault(key, op.record)
+        by_address: dict[str, list[OpRecord]] = {}
         for call in self.module_calls:
             for i in call.output_ops:
                 found = self._by_call.get(i)
                 if found is not None:
                     by_address.setdefault(call.address, []).append(found)
         for address, outs in by_address.items():
-            unique = list(dict.fromkeys(outs))
+            unique = tuple(dict.fromkeys(outs))
             if len(unique) == 1:
                 table[address] = unique[0]
-                unique[0]._labels = unique[0].labels | {address}
+                unique[0].keys = Op(self, unique[0]).labels | {address}
             else:
-                table[address] = OpGroup(address, unique)
+                table[address] = unique
         return table
+
+    def _wrap(self, key: str, hit: OpRecord | LayerInfo | tuple[OpRecord, ...]) -> Any:
+        if isinstance(hit, LayerInfo):
+            return Layer(self, hit)
+        if isinstance(hit, tuple):
+            return OpGroup(key, [Op(self, r) for r in hit])
+        return Op(self, hit)
 
     def __getitem__(self, key: int | str) -> Any:
         if isinstance(key, bool) or not isinstance(key, (int, str)):
@@ -95,7 +123,7 @@ class Trace:
                     f"(valid: {-len(self.ops)} .. {len(self.ops) - 1}).") from None
         hit = self._lookup.get(key)
         if hit is not None:
-            return hit
+            return self._wrap(key, hit)
         if self.options.aliases:  # other libraries' names (lens.facets.aliases)
             hit = self._alias(key)
             if hit is not None:
@@ -134,14 +162,15 @@ class Trace:
         return list(self._lookup)
 
     @property
-    def records(self) -> list[Op]:
+    def records(self) -> OpList:
         """Every recorded op by call index, orphans included (``ops`` holds the kept ones)."""
-        return self.ops[0].recording if self.ops else []
+        return OpList(self, self.record_table)
 
     def op_at_call(self, call_index: int) -> Op | None:
         """The kept op recorded at ``call_index`` (its place in the recording), or None
         if that op was trimmed as an orphan."""
-        return self._by_call.get(call_index)
+        rec = self._by_call.get(call_index)
+        return None if rec is None else Op(self, rec)
 
     # ------------------------------------------------------------------ views
     @property
@@ -156,7 +185,7 @@ class Trace:
 
     @property
     def layers(self) -> list[Layer]:
-        return list(self.layer_list)
+        return [Layer(self, info) for info in self.layer_table]
 
     @property
     def input_layers(self) -> list[str]:
@@ -172,19 +201,19 @@ class Trace:
 
     @property
     def is_recurrent(self) -> bool:
-        return any(len(layer.passes) > 1 for layer in self.layer_list)
+        return any(len(info.passes) > 1 for info in self.layer_table)
 
     @property
     def max_passes(self) -> int:
-        return max((len(layer.passes) for layer in self.layer_list), default=0)
+        return max((len(info.passes) for info in self.layer_table), default=0)
 
-    @cached_property
+    @property
     def modules(self) -> Modules:
-        return Modules(self)
+        return self._view("modules", Modules)
 
-    @cached_property
+    @property
     def params(self) -> Params:
-        return Params(self)
+        return self._view("params", Params)
 
     @property
     def num_ops(self) -> int:
@@ -212,7 +241,7 @@ class Trace:
     # ------------------------------------------------------- graph facts (lens.trace.graph)
     @cached_property
     def _graph(self) -> GraphFacts:
-        return GraphFacts(self.ops)
+        return GraphFacts(self.kept)
 
     @property
     def has_conditional_branching(self) -> bool:
@@ -234,7 +263,7 @@ class Trace:
     def orphans_trimmed(self) -> int:
         """How many recorded ops were dropped as orphans (neither from an input nor
         feeding an output); 0 with ``keep_orphans=True``."""
-        return len(self.records) - len(self.ops)
+        return len(self.record_table) - len(self.kept)
     # ------------------------------------------------------- end graph facts
 
     # ------------------------------------------------------------------ output

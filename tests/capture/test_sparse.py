@@ -32,7 +32,7 @@ def _case(name: str) -> tuple[Any, tuple[Any, ...], dict[str, Any], list[str]]:
         tr = tl.trace(model, *args, input_kwargs=kwargs, save=False)
         keys = []
         for call in tr.module_calls:
-            outs = [tr._by_call.get(i) for i in call.output_ops]
+            outs = [tr.op_at_call(i) for i in call.output_ops]
             if outs and all(o is not None and o.dtype is not None and o.dtype.is_floating_point
                             for o in outs):
                 keys.append(call.key)
@@ -99,7 +99,8 @@ def test_sparse_record_equals_full_capture(data: Any, mode_calls: list[int]) -> 
     for call in full.module_calls:
         if call.address not in atoms and call.key not in atoms:
             continue
-        outs = [full._by_call[i] for i in dict.fromkeys(call.output_ops) if i in full._by_call]
+        found = (full.op_at_call(i) for i in dict.fromkeys(call.output_ops))
+        outs = [o for o in found if o is not None]
         kept = [o.payload for o in outs if o.payload is not None]
         if kept:
             expected[call.key] = kept

@@ -92,7 +92,7 @@ def _witness(model: nn.Module, args: tuple[Any, ...]) -> Witness:
 def _model_calls(tr: Any) -> list[Any]:
     """The trace's records of model calls (refresh ops are lens's own), one per call."""
     seen, out = set(), []
-    for r in tr.ops[0]._ops:
+    for r in tr.record_table:
         if r.kind == "op" and r.func_name != "refresh" and r.call_id not in seen:
             seen.add(r.call_id)
             out.append(r)
@@ -100,11 +100,11 @@ def _model_calls(tr: Any) -> list[Any]:
 
 
 def _ancestors_via_refresh(tr: Any, ci: int) -> set[int]:
-    rec = tr.ops[0]._ops[ci]
+    rec = tr.record_table[ci]
     found = {ci}
     while rec.func_name == "refresh":
         found |= set(rec.parent_idx)
-        rec = tr.ops[0]._ops[rec.parent_idx[0]]
+        rec = tr.record_table[rec.parent_idx[0]]
     return found
 
 
@@ -114,7 +114,7 @@ def test_parents_hold_what_each_op_read_and_follow_the_last_write(name: str) -> 
     witness = _witness(model, tuple(a.clone() for a in args))
     with torch.no_grad():
         tr = tl.trace(model, *[a.clone() for a in args])
-    recs = tr.ops[0]._ops
+    recs = tr.record_table
     calls = _model_calls(tr)
     assert [r.func_name for r in calls] == [c["name"] for c in witness.calls]
     wrote_through_view = 0

@@ -126,7 +126,7 @@ def test_nested_modules_are_nested_boxes_with_address_and_class(tmp_path):
 
 def test_rolled_view_marks_passes_and_pass_dependent_edges(tmp_path):
     trace, svg, model = _draw("recurrent_demo", tmp_path, vis_mode="rolled")
-    assert len(svg.nodes) == len(trace.layer_list)
+    assert len(svg.nodes) == len(trace.layers)
     assert trace.is_recurrent
     n = model.n_loops  # forward: for _ in range(n): x = fc(x); x = x + 1; x = x * 2
     linear, mul = _one(trace, type="linear", pass_num=1), _one(trace, type="mul", pass_num=1)

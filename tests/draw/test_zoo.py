@@ -52,9 +52,9 @@ def test_rolled_drawing_has_one_node_per_layer(case, tmp_path):
     model, args, kwargs = build(case)
     trace = tl.trace(model, *args, input_kwargs=kwargs, save=False)
     svg = parse(Path(trace.draw(tmp_path / case.name, vis_mode="rolled")))
-    assert len(svg.nodes) == len(trace.layer_list)
-    assert set(svg.nodes) == {layer.label for layer in trace.layer_list}
-    for layer in trace.layer_list:
+    assert len(svg.nodes) == len(trace.layers)
+    assert set(svg.nodes) == {layer.label for layer in trace.layers}
+    for layer in trace.layers:
         text = svg.nodes[layer.label].text
         n = len(layer.passes)
         assert (f"(x{n})" in text) == (n > 1), (layer.label, text)

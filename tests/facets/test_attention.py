@@ -145,7 +145,7 @@ def test_a_reconstruction_that_does_not_reproduce_the_output_raises():
     model, args, kwargs = build(get("gpt2_tiny"))
     trace = tl.trace(model, *args)
     sdpa = trace.modules["transformer.h.0.attn"].facets.info["core_op"]
-    op = trace._by_call[sdpa]
+    op = trace.op_at_call(sdpa)
     op.payload = op.payload + 1.0  # as if the call did something lens does not model
     with pytest.raises(FacetError, match="pattern @ v differs"):
         trace.modules["transformer.h.0.attn"].facets["pattern"]
@@ -156,7 +156,7 @@ def test_facet_values_are_cached_until_a_payload_they_come_from_changes():
     trace = tl.trace(model, *args)
     q = trace.facets["q"]
     assert trace.facets["q"] is q  # cached
-    soft = trace._by_call[trace.facets.info["core_op"]]  # the softmax: the pattern
+    soft = trace.op_at_call(trace.facets.info["core_op"])  # the softmax: the pattern
     soft.payload = torch.zeros_like(soft.payload)
     assert torch.equal(trace.facets["pattern"], torch.zeros_like(soft.payload))
     assert torch.equal(trace.facets["q"], q)

@@ -72,7 +72,7 @@ def test_zero_ablating_a_heads_result_equals_zeroing_its_z():
     by_z = trace.fork().intervene(facet("z", head=1) & where, tl.zero_ablate()).replay()
     assert torch.allclose(by_result.output.logits, by_z.output.logits, atol=1e-5)
     proj = trace.modules["transformer.h.1.attn"].facets.info["projection_op"]
-    assert trace.find_sites(facet("result", head=1) & where) == [trace._by_call[proj].label]
+    assert trace.find_sites(facet("result", head=1) & where) == [trace.op_at_call(proj).label]
 
 
 @pytest.mark.parametrize("which,cols", [("q", (16, 24)), ("k", (32 + 8, 32 + 16)),
@@ -241,7 +241,7 @@ def test_facet_selectors_explain_what_they_cannot_do():
     assert repr(facet("z", head=[1, 2], module="blocks.0.attn")) == \
         "tl.facet('z', head=[1, 2], module='blocks.0.attn')"
     assert trace.find_sites(facet("pattern", module="blocks.0")) == [
-        trace._by_call[trace.modules["blocks.0.attn"].facets.info["core_op"]].label]
+        trace.op_at_call(trace.modules["blocks.0.attn"].facets.info["core_op"]).label]
 
 
 

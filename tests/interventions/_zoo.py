@@ -51,7 +51,7 @@ def module_site(trace: Any, at: float = 0.4) -> tuple[str, str, int, Any]:
     best = None
     n = len(trace.ops)
     for call in trace.module_calls:
-        outs = [trace._by_call.get(i) for i in call.output_ops]
+        outs = [trace.op_at_call(i) for i in call.output_ops]
         if not outs or any(o is None or o.dtype is None or not o.dtype.is_floating_point
                            or o.shape != outs[0].shape for o in outs):
             continue
@@ -60,20 +60,20 @@ def module_site(trace: Any, at: float = 0.4) -> tuple[str, str, int, Any]:
             best = (pos, call)
     assert best is not None, "no module with floating outputs"
     call = best[1]
-    return call.key, call.address, call.call_num, trace._by_call[call.output_ops[0]]
+    return call.key, call.address, call.call_num, trace.op_at_call(call.output_ops[0])
 
 
 def severing(trace: Any) -> set[int]:
     """Ops whose edit replay refuses: refresh ops and the views a write goes through
     (tests/interventions/test_views_replay.py checks the refusal)."""
-    return {ci for r in trace.ops[0]._ops if r.func_name == "refresh"
+    return {ci for r in trace.record_table if r.func_name == "refresh"
             for ci in (r.call_index, *r.kwargs["views"])}
 
 
 def function_site(trace: Any, at: float = 0.6) -> tuple[Any, str, int]:
     """(op, func name, k): an op whose output can be edited by counting calls of its
     function (single tensor output, floating, not in place), near position ``at``."""
-    records = trace.ops[0]._ops
+    records = trace.record_table
     multi = {r.func_name for r in records if r.out_index}
     best = None
     n = len(trace.ops)

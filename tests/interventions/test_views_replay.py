@@ -71,7 +71,7 @@ def _floating_module_calls(tr: Any) -> list[Any]:
     cut = severing(tr)
     found = []
     for call in tr.module_calls:
-        outs = [tr._by_call.get(i) for i in call.output_ops]
+        outs = [tr.op_at_call(i) for i in call.output_ops]
         if outs and all(o is not None and o.dtype is not None and o.dtype.is_floating_point
                         and o.call_index not in cut for o in outs):
             found.append(call)
@@ -89,7 +89,7 @@ def test_identity_edit_on_the_first_floating_op_reproduces_the_output(name: str)
     fork = src.fork().intervene(first.label, li.action(lambda t, op: t.clone())).replay()
     assert same(fork.output, src.output)
     recomputed = [op for op in fork.ops if op.index > first.index and op.kind == "op"
-                  and op.payload is not src._by_call[op.call_index].payload]
+                  and op.payload is not src.op_at_call(op.call_index).payload]
     assert recomputed, "the identity edit must recompute what lies downstream"
     assert _same_state(model, state) and _unchanged(src, snapshot)
 
@@ -134,8 +134,8 @@ def test_edits_that_would_cut_a_view_off_its_storage_are_refused(name: str) -> N
     refresh = next(op for op in src.ops if op.func_name == "refresh")
     with pytest.raises(ReplayError, match="not a call the model made"):
         src.fork().intervene(refresh.label, li.scale(2.0)).replay()
-    views = [src._by_call[ci] for ci in refresh.kwargs["views"]
-             if ci in src._by_call and src._by_call[ci].func_name != "refresh"]
+    views = [src.op_at_call(ci) for ci in refresh.kwargs["views"]
+             if src.op_at_call(ci) is not None and src.op_at_call(ci).func_name != "refresh"]
     for view in views:
         with pytest.raises(ReplayError, match="a view that ties"):
             src.fork().intervene(view.label, li.scale(2.0)).replay()

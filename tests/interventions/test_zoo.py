@@ -90,7 +90,7 @@ def test_live_edits_equal_hand_made_edits(i: int) -> None:
         key, address, n, out = module_site(src)
         act = VALUE_ACTIONS[i % len(VALUE_ACTIONS)](out.out)
         call = next(c for c in src.module_calls if c.key == key)
-        if len({src._by_call[j].shape[-1:] for j in call.output_ops}) > 1:
+        if len({src.op_at_call(j).shape[-1:] for j in call.output_ops}) > 1:
             act = li.scale(0.5)  # outputs of several widths: a direction fits only one
         expected = run_with_hook(model, args, kwargs, address, lambda v: act(v), call=n)
         torch.manual_seed(0)
@@ -162,9 +162,9 @@ MODULE_SPLICE = [c for c in ZOO if c.name in (
 def test_splice_module_equals_a_hook_running_the_replacement(case: Any) -> None:
     model, args, kwargs, src, *_ = _setup(case.name)
     call = next(c for c in src.module_calls if len(c.input_ops) == 1 and len(c.output_ops) == 1
-                and src._by_call.get(c.output_ops[0]) is not None
-                and src._by_call[c.output_ops[0]].shape == src._by_call[c.input_ops[0]].shape
-                and src._by_call[c.output_ops[0]].dtype == torch.float32)
+                and src.op_at_call(c.output_ops[0]) is not None
+                and src.op_at_call(c.output_ops[0]).shape == src.op_at_call(c.input_ops[0]).shape
+                and src.op_at_call(c.output_ops[0]).dtype == torch.float32)
     module = model.get_submodule(call.address)
     seen = []
     handle = module.register_forward_hook(

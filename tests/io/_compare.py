@@ -46,8 +46,8 @@ OP_FIELDS = ("call_index", "index", "kind", "func_name", "type", "parent_idx", "
 
 def assert_same_trace(a: Any, b: Any) -> None:
     assert b.labels == a.labels
-    assert [layer.label for layer in b.layer_list] == [layer.label for layer in a.layer_list]
-    assert [len(layer) for layer in b.layer_list] == [len(layer) for layer in a.layer_list]
+    assert [layer.label for layer in b.layers] == [layer.label for layer in a.layers]
+    assert [len(layer) for layer in b.layers] == [len(layer) for layer in a.layers]
     for x, y in zip(a.ops, b.ops, strict=True):
         for f in OP_FIELDS:
             assert same_value(getattr(x, f), getattr(y, f)), (x.label, f)

@@ -82,7 +82,7 @@ def _check_consistent(tr: tl.Trace) -> None:
         assert all(c.call_index > op.call_index for c in op.children)
         if op.payload is not None:
             assert tuple(op.payload.shape) == op.shape
-        assert tr[op.label] is op
+        assert tr[op.label] == op
     assert str(tr)
 
 

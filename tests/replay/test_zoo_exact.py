@@ -83,7 +83,7 @@ def test_validate_replay_and_live_agree(case: Any, train: bool) -> None:
         return
     ident.replay()
     assert same(ident.output, src.output)
-    assert sum(op.payload is not src._by_call[op.call_index].payload for op in ident.ops) > 1
+    assert sum(op.payload is not src.op_at_call(op.call_index).payload for op in ident.ops) > 1
 
     edit = li.scale(0.5)
     f = src.fork().intervene(site.label, edit).replay()

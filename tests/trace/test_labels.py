@@ -22,7 +22,7 @@ def test_demo_network_labels_match_the_seed_legend():
     for key in ("input_1", "add_1_1", "relu_1_2", "linear_1_3", "relu_2_4", "pow_1_7",
                 "mul_1_10", "output_1"):
         assert key in tr, key
-    assert tr["linear_1_3"] is tr["fc"] is tr["fc:1"] is tr[3] is tr["linear_1"]
+    assert tr["linear_1_3"] == tr["fc"] == tr["fc:1"] == tr[3] == tr["linear_1"]
     assert tr[-1].label == "output_1"
     assert tr[0].label == "input_1"
     assert tr["buffer_1"].is_buffer
@@ -43,7 +43,7 @@ def test_labels_number_types_and_totals_in_execution_order():
         assert int(m.group(2)) == type_counts[op.type]
         assert int(m.group(3)) == i  # one input, no loops: total number == position
     conv3 = tr["conv2d_3"]
-    assert conv3.module == "features.6" and tr["features.6"] is conv3
+    assert conv3.module == "features.6" and tr["features.6"] == conv3
 
 
 def test_every_lookup_key_finds_its_op():
@@ -53,8 +53,8 @@ def test_every_lookup_key_finds_its_op():
     for op in tr.ops:
         for key in op.lookup_keys:
             hit = tr[key]
-            assert hit is op or op in list(getattr(hit, "ops", [])), (key, op.label)
-        assert tr[op.index - n] is op
+            assert hit == op or op in list(getattr(hit, "ops", [])), (key, op.label)
+        assert tr[op.index - n] == op
 
 
 def test_miss_raises_keyerror_with_close_matches():
@@ -99,7 +99,7 @@ def test_module_outputs_and_containment_for_nested_modules():
     tr = tl.trace(model, *args)
     last = tr["submodule1.submodule2"]
     inside = [op for op in tr.ops if "submodule1.submodule2" in op.module_addresses]
-    assert last is inside[-1] and last.type == "add"
+    assert last == inside[-1] and last.type == "add"
     assert last.module == "submodule1.submodule2"
     assert last.module_addresses == ("submodule1", "submodule1.submodule2")
 

@@ -14,7 +14,7 @@ from tests.models import ZooCase, cases, get
 
 
 def _multi(tr: tl.Trace) -> dict[str, int]:
-    return {layer.label: len(layer.passes) for layer in tr.layer_list if len(layer.passes) > 1}
+    return {layer.label: len(layer.passes) for layer in tr.layers if len(layer.passes) > 1}
 
 
 # --------------------------------------------------------------------------- seeds
@@ -35,7 +35,7 @@ def test_seed_recurrent_model_has_one_layer_per_loop_body_op(name: str) -> None:
         for k in range(1, n + 1):
             lin = model.fc(x)
             op = tr[f"linear_1_1:{k}"]
-            assert op is tr[f"fc:{k}"] and op.module_call == f"fc:{k}"
+            assert op == tr[f"fc:{k}"] and op.module_call == f"fc:{k}"
             assert op.pass_num == k and op.num_passes == n
             assert torch.equal(op.out, lin)
             assert torch.equal(tr[f"add_1_2:{k}"].out, lin + 1)
@@ -127,7 +127,7 @@ def test_rnn_cell_loop_groups_the_cell_but_not_the_per_step_slices() -> None:
     x = args[0]
     steps = x.shape[1]
     tr = tl.trace(model, *args)
-    cells = [layer for layer in tr.layer_list if layer.type == "lstmcell"]
+    cells = [layer for layer in tr.layers if layer.type == "lstmcell"]
     assert len(cells) == 2 and all(len(c.passes) == steps for c in cells)  # h and c
     slices = [op for op in tr.ops if op.type == "getitem"]
     assert len(slices) == steps and all(op.num_passes == 1 for op in slices)
@@ -183,7 +183,7 @@ def test_param_free_loops_give_one_pass_per_iteration(body: str, n: int) -> None
     once = tl.trace(_Repeat(body, 1), x)
     per_iter = len(once) - 2  # minus input and output
     tr = tl.trace(_Repeat(body, n), x)
-    assert len(tr.layer_list) == per_iter + 2
+    assert len(tr.layers) == per_iter + 2
     assert all(op.num_passes == n for op in tr.ops if op.kind == "op")
     ops = [op for op in tr.ops if op.kind == "op"]
     for k in range(n):
@@ -242,8 +242,8 @@ def test_layer_invariants_across_the_zoo(case: ZooCase) -> None:
     model, args, kwargs = build(case)
     tr = tl.trace(model, *args, input_kwargs=kwargs)
     assert len(set(tr.labels)) == len(tr.labels)
-    assert sum(len(layer.passes) for layer in tr.layer_list) == len(tr)
-    for layer in tr.layer_list:
+    assert sum(len(layer.passes) for layer in tr.layers) == len(tr)
+    for layer in tr.layers:
         idx = [op.index for op in layer.passes]
         assert idx == sorted(idx)
         assert [op.pass_num for op in layer.passes] == list(range(1, len(idx) + 1))
@@ -293,7 +293,7 @@ class _ChunkLoop(nn.Module):
 
 def test_each_output_of_a_multi_output_op_is_its_own_looped_layer() -> None:
     tr = tl.trace(_ChunkLoop(), torch.randn(2, 4))
-    chunks = [layer for layer in tr.layer_list if layer.type == "chunk"]
+    chunks = [layer for layer in tr.layers if layer.type == "chunk"]
     assert len(chunks) == 2 and all(len(c.passes) == 3 for c in chunks)
     for k in range(3):
         a, b = chunks[0].passes[k], chunks[1].passes[k]

@@ -106,7 +106,7 @@ def test_halt_stops_right_after_the_first_match(case):
         assert all(op.call_id <= stop_call for op in halted.ops if op.kind == "op"), sel
         compared = 0
         for op in halted.ops:  # everything up to the halt equals the full pass
-            ref = full._by_call.get(op.call_index)
+            ref = full.op_at_call(op.call_index)
             if ref is not None and op.payload is not None \
                     and op.func_name not in UNINITIALISED:
                 assert torch.equal(op.payload, ref.payload), op.label
