@@ -23,7 +23,7 @@ from ..capture import modes
 from ..capture.records import OP, ModuleCallRecord, OpRecord, ParamRef, RecordTable, Ref
 from ..errors import LoadError, ReplayError
 from ..trace import Op, Trace
-from ..trace.op import LayerInfo
+from ..trace.layer import LayerInfo
 from ..trace.options import TraceOptions
 from . import _sizes, names
 from ._safe import loads_json, read_regular

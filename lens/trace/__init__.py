@@ -1,8 +1,9 @@
 """The object model users hold: Trace, Op, Layer, modules and params views."""
 
 from .api import trace
+from .layer import Layer, OpGroup
 from .modules import ModuleCall, ModuleRecord
-from .op import Layer, Op, OpGroup
+from .op import Op
 from .trace import Trace
 
 __all__ = ["Layer", "ModuleCall", "ModuleRecord", "Op", "OpGroup", "Trace", "trace"]

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 
 from ..capture.records import INPUT, OUTPUT, OpRecord
 from ..capture.stash import StashKey
-from .op import LayerInfo, Op
+from .layer import LayerInfo
+from .op import Op
 
 # whether a trace records a division with a rounding mode (type 'div'): then 'div_k_n'
 # names that op, not a true division

@@ -15,8 +15,9 @@ from ..errors import LookupKeyError, close_matches
 from . import fmt
 from .grads import log_backward
 from .graph import GraphFacts
+from .layer import Layer, LayerInfo, OpGroup, OpList
 from .modules import ModuleRecord, Modules, ParamRecord, Params
-from .op import Layer, LayerInfo, Op, OpGroup, OpList
+from .op import Op
 from .options import TraceOptions
 
 if TYPE_CHECKING:
