@@ -9,6 +9,7 @@ The public surface is exactly ``__all__``.
 
 from __future__ import annotations
 
+from . import compat
 from . import sweeps as sweep
 from .bundles import Bundle, bundle
 from .draw import show_graph
@@ -111,6 +112,7 @@ __all__ = [
     "action",
     "bundle",
     "clamp",
+    "compat",
     "everything",
     "extract_dataset",
     "followed_by",

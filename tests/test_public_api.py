@@ -29,6 +29,8 @@ PUBLIC = {
     "__version__",
     # facets
     "facet", "find_facets", "Facets", "FacetView", "FacetError",
+    # compatibility
+    "compat",
 }
 
 

@@ -27,7 +27,7 @@ import lens
 ROOT = Path(lens.__file__).parent
 RANK = {"errors": 0, "selectors": 1, "capture": 2, "trace": 3, "replay": 4,
         "interventions": 5, "facets": 5, "draw": 5, "io": 5, "validate": 5,
-        "bundles": 6, "sweeps": 7, "examples": 8, "cli": 8, "demo": 9}
+        "bundles": 6, "sweeps": 7, "examples": 8, "cli": 8, "compat": 8, "demo": 9}
 
 # Module-level mutable state written from functions, each with why it is not a registry.
 GLOBAL_STATE = {

@@ -34,6 +34,8 @@ def check_model(model: Any) -> None:
         raise ModelTypeError(
             "This model was wrapped by torch.compile; compiled graphs hide their ops from "
             "lens. Trace the original module instead: tl.trace(model._orig_mod, ...).")
+    if isinstance(model, nn.Module):
+        _check_submodules(model)
     if getattr(model, "_torchdynamo_orig_callable", None) is not None:
         raise ModelTypeError(
             "This function was wrapped by torch.compile; trace the original function "
@@ -42,6 +44,19 @@ def check_model(model: Any) -> None:
         raise ModelTypeError(
             f"tl.trace needs an nn.Module (or a callable running torch code); got "
             f"{type(model).__name__}. Pass the model object itself, e.g. tl.trace(model, x).")
+
+
+def _check_submodules(model: nn.Module) -> None:
+    """A TorchScript submodule refuses the hooks lens puts on every module (torch raises a
+    bare RuntimeError), and its ops would be invisible anyway: say so, by address."""
+    for address, module in model.named_modules():
+        if address and isinstance(module, torch.jit.ScriptModule):
+            raise ModelTypeError(
+                f"Submodule {address!r} is a TorchScript module "
+                f"({type(module).__name__}): its ops run inside the TorchScript "
+                "interpreter, where lens cannot see them, and it takes no hooks. Put the "
+                f"eager module back before tracing (model.{address} = <the nn.Module you "
+                "scripted>); tl.compat.report(model, x) lists every such part.")
 
 
 def _compiled_module_type() -> type | None:

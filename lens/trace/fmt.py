@@ -112,11 +112,15 @@ def summary_rows(trace: Trace, depth: int = 1) -> tuple[list[tuple[str, ...]], l
         if op.is_output:
             rows.append((op.label, shape_list(op.shape), "-", "-", "-"))
     edges = sum(len(op.parent_idx) for op in trace.ops)
+    # As the reference system counts: tensor operations, not the input/output/buffer nodes.
+    computed = sum(not (op.is_input or op.is_output or op.is_buffer) for op in trace.ops)
+    trainable = sum(m[1] for m in trace.param_meta.values() if m[3])
     total_flops, total_macs = flops.total_cost(trace.ops)
     tail = [
         f"Model: {trace.model_name}" + (" (halted early)" if trace.halted else ""),
-        f"Params: {trace.num_params:,}",
-        f"Ops: {len(trace.ops)} total; edges: {edges}",
+        f"Params: {trace.num_params:,} unique; trainable: {trainable:,}",
+        f"Ops: {computed} total",
+        f"Edges: {edges} total",
         f"Forward FLOPs: {flops.human(total_flops)}FLOPs MACs: {flops.human(total_macs)}FLOPs",
         f"Saved: {sum(op.payload is not None for op in trace.ops)} payloads, "
         f"{nbytes(trace.saved_nbytes)}",

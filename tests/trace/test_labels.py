@@ -109,7 +109,8 @@ def test_summary_print_and_tables():
     tr = tl.trace(model, *args)
     text = tr.summary()
     assert "features (Sequential)" in text and "classifier (Sequential)" in text
-    assert f"Ops: {len(tr)} total" in text
+    computed = [op for op in tr.ops if not (op.is_input or op.is_output or op.is_buffer)]
+    assert f"Ops: {len(computed)} total" in text and len(computed) == len(tr) - 2
     assert "conv2d_1_1" in str(tr)
     assert "Layer conv2d_1_1" in str(tr["conv2d_1_1"])
     df = tr.to_pandas()
