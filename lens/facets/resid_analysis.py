@@ -148,9 +148,10 @@ class ResidualStream:
     def direct_logit_attribution(self, tokens: Any, *, pos_slice: PosSlice = None
                                  ) -> ResidualStack:
         """Each component's direct contribution to the logit of ``tokens``: an int (that
-        token at every position, rows ``[n, batch, pos]``), ids shaped like the positions
-        (one token per position), or a 1-d list of ids (each at every position: a last
-        dim). The last row, ``'bias'``, holds the bias terms; all rows sum to the logit."""
+        token at every position: rows ``[n, batch, pos]``), a tensor of ids shaped like
+        the positions (one token per position), or a list or 1-d tensor of ids (each at
+        every position: a last dim). The last row, ``'bias'``, holds the bias terms; all
+        rows sum to the model's logit."""
         what = "direct_logit_attribution"
         norm, unembed = self._norm(what), self._unembed(what)
         comps = self.decompose(apply_ln=True, pos_slice=pos_slice)
@@ -273,7 +274,7 @@ def _token_ids(tokens: Any, lead: tuple[int, ...], vocab: int
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise ArgumentTypeError(f"direct_logit_attribution takes integer token ids; got "
                                 f"dtype {ids.dtype}.")
-    each = tuple(ids.shape) == lead and ids.ndim > 0
+    each = isinstance(tokens, Tensor) and tuple(ids.shape) == lead and ids.ndim > 0
     if not each and ids.ndim > 1:
         raise ArgumentTypeError(
             f"direct_logit_attribution: tokens of shape {tuple(ids.shape)} are neither one "
