@@ -37,6 +37,7 @@ slice, or a list/tensor of positions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -70,15 +71,19 @@ class ResidualStream:
     """The residual stream of one trace (``trace.residual``); see the module docstring."""
 
     def __init__(self, trace: Trace) -> None:
-        found = layout(trace)
+        self._trace = trace
+
+    @cached_property
+    def layout(self) -> Layout:
+        """Where the blocks, embeddings, final norm and unembedding are (call indices)."""
+        found = layout(self._trace)
         if found is None:
             raise FacetError(
                 "trace.residual: no residual block was found in this trace. Residual "
                 "analysis needs transformer-style blocks: a module call whose input joins "
                 "two branches through two adds (see tl.find_facets(trace, 'residual')). "
                 "Trace with module hooks on (the default) a model built of such blocks.")
-        self._trace = trace
-        self.layout: Layout = found
+        return found
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -86,6 +91,8 @@ class ResidualStream:
         return tuple(b.owner.key for b in self.layout.blocks)
 
     def __repr__(self) -> str:
+        if layout(self._trace) is None:
+            return "<ResidualStream: no residual blocks found>"
         lay = self.layout
         norm = f"final norm {lay.norm.where!r}" if lay.norm else "no final norm"
         unembed = f"unembedding {lay.unembed.where!r}" if lay.unembed else "no unembedding"

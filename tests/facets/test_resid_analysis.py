@@ -280,9 +280,26 @@ def test_models_without_an_unembedding_still_decompose():
 
 def test_a_model_without_residual_blocks_is_told_so():
     model, args, kwargs = build(get("mha"))
-    trace = tl.trace(model, *args, input_kwargs=kwargs)
+    r = tl.trace(model, *args, input_kwargs=kwargs).residual
+    assert "no residual blocks" in repr(r)
     with pytest.raises(tl.FacetError, match="no residual block was found"):
-        _ = trace.residual
+        r.accumulated()
+
+
+def test_a_fork_is_read_with_its_edits():
+    model, args, _ = build(get("gpt2_tiny"))
+    trace = tl.trace(model, *args, intervention_ready=True)
+    fork = trace.fork().intervene(tl.module("transformer.h.1.mlp"), tl.zero_ablate()).replay()
+    h = model.transformer.h[1].mlp.register_forward_hook(lambda m, a, out: out * 0)
+    try:
+        with torch.no_grad():
+            logits = model(*args).logits  # the same edit, by a plain hook
+    finally:
+        h.remove()
+    dla = fork.residual.direct_logit_attribution(3)
+    assert torch.equal(dla.get("1_mlp_out"), torch.zeros(2, 8))
+    assert not torch.equal(trace.residual.decompose().get("1_mlp_out"), torch.zeros(2, 8, 32))
+    assert torch.allclose(dla.tensor.sum(0), logits[..., 3], atol=1e-4)
 
 
 def test_the_readme_example_runs_on_gpt2():
