@@ -116,7 +116,7 @@ class ResidualStream:
     def decompose(self, layer: int | None = None, *, apply_ln: bool = False,
                   pos_slice: PosSlice = None) -> ResidualStack:
         """Embeddings and each block's attention and MLP output up to ``layer``: rows
-        that sum to ``accumulated(layer)[-1]``."""
+        that sum to ``accumulated(layer).tensor[-1]``."""
         k = self._layer(layer)
         lay = self.layout
         if lay.broken:
