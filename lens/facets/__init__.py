@@ -10,7 +10,8 @@
 Providers, one per kind of structure, find facets from the ops (not class names):
 ``attention`` (fused ``scaled_dot_product_attention``, matmul-softmax-matmul chains,
 ``nn.MultiheadAttention``), ``recurrent`` (``nn.LSTM``/``GRU``/``RNN``) and ``residual``
-(transformer blocks). ``tl.facet(name, head=..., module=...)`` selects a facet for
+(transformer blocks). ``trace.residual`` analyses the residual stream those blocks form
+(lens.facets.resid_analysis). ``tl.facet(name, head=..., module=...)`` selects a facet for
 interventions (``fork().intervene``, ``tl.when``) and sweeps.
 """
 
@@ -27,6 +28,7 @@ from ._providers import PROVIDERS, known_names, structure
 from ._registry import Carrier, FacetGroup, Owner, Provider
 from .aliases import FacetView, alias_keys, with_aliases
 from .aliases import resolve as resolve_alias
+from .resid_analysis import ResidualStack, ResidualStream
 from .selector import Facet, facet
 
 
@@ -63,6 +65,8 @@ __all__ = [
     "Owner",
     "PROVIDERS",
     "Provider",
+    "ResidualStack",
+    "ResidualStream",
     "alias_keys",
     "facet",
     "facets_for",

@@ -23,7 +23,7 @@ from .options import TraceOptions
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..facets import Facets
+    from ..facets import Facets, ResidualStream
     from ..interventions import Fork
 
 _V = TypeVar("_V")
@@ -330,6 +330,14 @@ class Trace:
         from ..facets import facets_for
 
         return facets_for(self)
+
+    @property
+    def residual(self) -> ResidualStream:
+        """Residual-stream analysis: accumulated, decompose, logit_lens and
+        direct_logit_attribution (see lens.facets.resid_analysis)."""
+        from ..facets import ResidualStream
+
+        return ResidualStream(self)
 
     def with_aliases(self, scheme: str | None = "transformer_lens") -> Trace:
         """Also find ops and facets by another library's names, e.g.
