@@ -32,8 +32,8 @@ def run(models: dict[str, Any]) -> Section:
 def postprocess(models: dict[str, Any]) -> Section:
     """Postprocessing share of capture on GPT-2 and its scaling on synthetic loops."""
     from lens.capture import Recorder, run_forward
-    from lens.trace.api import build
-    from lens.trace.op import Op
+    from lens.tracing.api import build
+    from lens.tracing.op import Op
 
     sec = Section("postprocessing (issue 3)")
     model, args, kwargs = models["gpt2_small_shaped"]

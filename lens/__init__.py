@@ -67,10 +67,10 @@ from .selectors import (
     where,
 )
 from .sweeps import RayExecutor, SweepResult
-from .trace import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
-from .trace.record import Recording, pluck, record
-from .trace.shortcuts import summary
-from .validate import ValidationReport, validate
+from .tracing import Layer, ModuleCall, ModuleRecord, Op, OpGroup, Trace, trace
+from .tracing.record import Recording, pluck, record
+from .tracing.shortcuts import summary
+from .validation import ValidationReport, validate
 
 __version__ = "0.1.0"
 

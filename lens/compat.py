@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .trace import Trace, trace
+from .tracing import Trace, trace
 
 Status = Literal["pass", "unsupported", "not_tested"]
 

@@ -2,12 +2,12 @@
 
 Rules (each test below is one):
 
-1. Imports point one way: errors <- selectors <- capture <- trace <- replay <- (interventions,
-   facets, draw, io, validate) <- bundles <- sweeps <- the top-level modules. A room may name
+1. Imports point one way: errors <- selectors <- capture <- tracing <- replay <- (interventions,
+   facets, draw, io, validation) <- bundles <- sweeps <- the top-level modules. A room may name
    a room to its right only (a) under ``if TYPE_CHECKING:`` (types, never run), or (b) in a
-   *delegating method* of the object model (``lens/trace``): a function whose body is its
+   *delegating method* of the object model (``lens/tracing``): a function whose body is its
    docstring, one ``from ..room import name`` of a public name, and one statement that calls
-   ``name(self, ...)``. That is how ``trace.fork()`` reaches ``lens.interventions.fork``.
+   ``name(self, ...)``. That is how ``trace.fork()`` reaches ``lens.interventions.forking``.
 2. No string-keyed dispatch: no function named ``register*``, no ``call("name", ...)``, and
    no module-level dict, list or set that functions write into (a registry or a cache keyed
    by objects), except the few listed in ``GLOBAL_STATE`` with the reason.
@@ -25,8 +25,8 @@ from pathlib import Path
 import lens
 
 ROOT = Path(lens.__file__).parent
-RANK = {"errors": 0, "selectors": 1, "capture": 2, "trace": 3, "replay": 4,
-        "interventions": 5, "facets": 5, "draw": 5, "io": 5, "validate": 5,
+RANK = {"errors": 0, "selectors": 1, "capture": 2, "tracing": 3, "replay": 4,
+        "interventions": 5, "facets": 5, "draw": 5, "io": 5, "validation": 5,
         "bundles": 6, "sweeps": 7, "examples": 8, "cli": 8, "compat": 8, "demo": 9}
 
 # Module-level mutable state written from functions, each with why it is not a registry.
@@ -35,7 +35,7 @@ GLOBAL_STATE = {
                                        "not keyed by any object)",
     ("capture/funcs.py", "_CACHE"): "facts about torch callables (immutable values keyed "
                                     "by torch's own functions, not by lens objects)",
-    ("trace/api.py", "_GC_PAUSED"): "how many traces run now, for pausing the garbage "
+    ("tracing/api.py", "_GC_PAUSED"): "how many traces run now, for pausing the garbage "
                                     "collector once across threads (guarded by a lock)",
 }
 
@@ -106,7 +106,7 @@ def test_rooms_import_one_way():
                 if other not in RANK or other == room or RANK[other] < RANK[room]:
                     continue
                 fn = methods.get(id(node))
-                if (room == "trace" and isinstance(node, ast.ImportFrom) and fn is not None
+                if (room == "tracing" and isinstance(node, ast.ImportFrom) and fn is not None
                         and _delegating(fn, node)):
                     continue
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports lens.{other}")
@@ -228,3 +228,25 @@ def test_no_room_reads_another_rooms_private_attributes():
                 if rooms and private:
                     bad.append(f"{rel}:{node.lineno} imports {private} from lens.{rooms.pop()}")
     assert not bad, "\n".join(bad)
+
+
+def test_no_module_is_shadowed_by_a_name_its_package_exports():
+    """``import lens.x.y`` and ``lens.x.y`` reach the same module: no package exports a
+    function (or anything else) under the name of one of its modules (``tl.trace`` is the
+    function; the object model is ``lens.tracing``)."""
+    import importlib
+    import pkgutil
+
+    shadowed = []
+
+    def walk(pkg: object) -> None:
+        for info in pkgutil.iter_modules(pkg.__path__):  # type: ignore[attr-defined]
+            full = f"{pkg.__name__}.{info.name}"  # type: ignore[attr-defined]
+            mod = importlib.import_module(full)
+            if getattr(pkg, info.name, None) is not mod:
+                shadowed.append(full)
+            if info.ispkg:
+                walk(mod)
+
+    walk(lens)
+    assert not shadowed, shadowed

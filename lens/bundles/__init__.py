@@ -1,6 +1,6 @@
 """Comparing several traces of one model: bundles, metrics and plots."""
 
-from .bundle import Bundle, GraphMismatchError, bundle
+from .core import Bundle, GraphMismatchError, bundle
 from .metrics import METRICS, cosine, l2, relative_l2
 
 __all__ = ["METRICS", "Bundle", "GraphMismatchError", "bundle", "cosine", "l2", "relative_l2"]

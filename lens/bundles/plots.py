@@ -10,7 +10,7 @@ from .metrics import CHANGE, resolve
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .bundle import Bundle
+    from .core import Bundle
 
 
 def plot_bundle(b: Bundle, selector: Any, metric: Any, ax: Any) -> Figure:

@@ -92,7 +92,7 @@ class OpRecord:
         "address", "fired", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
         # how the op ran: generator state before a random op, non-default grad/autocast
         "rng", "mode",
-        # set once the trace is built (lens.trace.postprocess): position among the kept
+        # set once the trace is built (lens.tracing.postprocess): position among the kept
         # ops, layer (an index into the trace's layer table) and pass; then what other
         # rooms attach (gradient, stash, cached lookup keys), each made on first use
         "pos", "layer_idx", "pass_num", "grad", "_stash", "keys",

@@ -6,7 +6,7 @@ keeps it on the trace under a :class:`StashKey` of its own, not in a module-leve
 keyed by the trace: the cache lives and dies with the object it describes, and mypy
 knows the type of what comes back. What is stashed must not refer back to the trace
 (or to its ops, which are views holding it): the trace would then sit in a reference
-cycle and its payloads would wait for the cycle collector (tests/trace/test_lifetime.py).
+cycle and its payloads would wait for the cycle collector (tests/tracing/test_lifetime.py).
 
     STRUCTURE = StashKey[StructureIndex]("facets.structure")
     index = trace.stash.setdefault(STRUCTURE, lambda: StructureIndex(trace))

@@ -7,6 +7,6 @@ them when called). The visual legend is described in :mod:`lens.draw.style`.
 from __future__ import annotations
 
 from .api import draw, repr_svg, show_graph, svg
-from .plan import Plan, plan
+from .layout import Plan, plan
 
 __all__ = ["Plan", "draw", "plan", "repr_svg", "show_graph", "svg"]

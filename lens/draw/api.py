@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import DrawError
 from . import render
 from .dot import RANKDIR, source
-from .plan import Plan, plan
+from .layout import Plan, plan
 
 if TYPE_CHECKING:
-    from ..trace.trace import Trace
+    from ..tracing.traces import Trace
 
 Format = Literal["svg", "pdf", "png", "dot"]
 FORMATS: tuple[str, ...] = ("svg", "pdf", "png", "dot")
@@ -98,7 +98,7 @@ def show_graph(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = Non
     Takes the options of :meth:`Trace.draw` (``path``, ``vis_mode``, ``depth``,
     ``format``, ``direction``...) and returns the path written.
     """
-    from ..trace import trace
+    from ..tracing import trace
 
     result = trace(model, *args, input_kwargs=input_kwargs, save=False)
     path = draw_options.pop("path", None)

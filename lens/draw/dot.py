@@ -1,4 +1,4 @@
-"""A :class:`~lens.draw.plan.Plan` as graphviz DOT source (via the ``graphviz`` package)."""
+"""A :class:`~lens.draw.layout.Plan` as graphviz DOT source (via the ``graphviz`` package)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import style
-from .plan import Cluster, Node, Plan
+from .layout import Cluster, Node, Plan
 
 if TYPE_CHECKING:
-    from ..trace.trace import Trace
+    from ..tracing.traces import Trace
 
 RANKDIR = {"bottomup": "BT", "topdown": "TB", "leftright": "LR"}
 

@@ -24,12 +24,12 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from ..capture.records import BUFFER, CONSTANT, INPUT, OP, OUTPUT, Ref
-from ..trace import fmt
-from .plan import Cluster, Edge, Node, pass_ranges
+from ..tracing import fmt
+from .layout import Cluster, Edge, Node, pass_ranges
 
 if TYPE_CHECKING:
-    from ..trace.op import Op
-    from ..trace.trace import Trace
+    from ..tracing.op import Op
+    from ..tracing.traces import Trace
 
 INPUT_COLOR = "#98FB98"  # pale green
 OUTPUT_COLOR = "#FF9999"  # light red

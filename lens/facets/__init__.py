@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ArgumentTypeError, LookupKeyError, close_matches, expect
-from ..trace import Trace
+from ..tracing import Trace
 from ._edits import FacetEdit, FacetSite
 from ._graph import FacetError
 from ._mapping import Facets, facets_for, facets_of

@@ -22,7 +22,7 @@ from ._registry import Carrier, FacetGroup, edit_lost, edited_value, rewritten
 from .attention import AttentionSpec, Fused, Projection
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 Edit = Callable[[Tensor], Tensor]
 _INSIDE_FUSED = ("scores", "pattern", "k_expanded", "v_expanded")

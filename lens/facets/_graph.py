@@ -17,7 +17,7 @@ from ..capture.records import ParamRef, Ref
 from ..errors import LensError, PayloadError
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 # Ops that only move or relabel elements (their output's elements are the input's).
 RESHAPES = frozenset({

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..capture.stash import StashKey
 from ..errors import LookupKeyError, close_matches
-from ..trace import ModuleCall, Trace
+from ..tracing import ModuleCall, Trace
 from ._graph import token
 from ._providers import structure
 from ._registry import ROOT, FacetGroup, Owner

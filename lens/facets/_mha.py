@@ -40,7 +40,7 @@ from ._registry import (
 )
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 Edit = Callable[[Tensor], Tensor]
 MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",

@@ -12,7 +12,7 @@ from . import attention, recurrent, residual
 from ._registry import Provider, StructureIndex
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 PROVIDERS: tuple[Provider, ...] = (
     Provider("attention", attention.detect, (

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..capture.stash import StashKey
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 
 @dataclass(frozen=True, order=True)

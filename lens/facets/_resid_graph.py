@@ -20,7 +20,7 @@ from ._providers import structure
 from ._registry import Owner
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 _CARRY = frozenset({"dropout", "to", "type", "float", "contiguous", "clone", "detach",
                     "identity", "view", "reshape", "view_as", "reshape_as"})

@@ -28,7 +28,7 @@ from ._registry import Owner
 from .selector import Facet, layout_perm
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 SCHEMES = ("transformer_lens",)
 _RESID = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")

@@ -22,7 +22,7 @@ from ._graph import template_slots as slots_of
 from ._registry import Owner, StructureIndex, owner_of
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
              "enable_gqa")

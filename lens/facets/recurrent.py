@@ -20,7 +20,7 @@ from ._graph import FacetError, close, max_error, param, payload, records, ref, 
 from ._registry import Carrier, FacetGroup, Owner, StructureIndex, owner_of
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn_tanh": (),
          "rnn_relu": ()}

@@ -49,7 +49,7 @@ from ._graph import FacetError, close, max_error, param, payload, records
 from ._resid_graph import Layout, Norm, Unembed, label, layout
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 PosSlice = int | slice | Sequence[int] | Tensor | None
 

@@ -23,7 +23,7 @@ from ._graph import ADDS, payload, records
 from ._registry import Carrier, FacetGroup, Owner, StructureIndex
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 _PASS = frozenset({"to", "type", "float", "contiguous", "clone", "dropout", "layer_norm",
                    "detach", "identity"})

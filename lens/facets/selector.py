@@ -33,7 +33,7 @@ from ._providers import known_names, structure
 from ._registry import Carrier, FacetGroup, Owner
 
 if TYPE_CHECKING:
-    from ..trace import Trace
+    from ..tracing import Trace
 
 LAYOUTS = ("lens", "transformer_lens")
 # lens layout -> TransformerLens layout ([batch, pos, head, d] for per-position tensors)

@@ -26,9 +26,9 @@ from .actions import (
     swap_with,
     zero_ablate,
 )
-from .fork import Edit, Fork, find_sites, fork
+from .forking import Edit, Fork, find_sites, fork
+from .live import run
 from .rules import InterventionWarning, LiveRule, When, when
-from .run import run
 
 __all__ = [
     "Action",

@@ -121,7 +121,7 @@ def get_rng() -> dict[str, Any]:
 
 def reference_pass(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A metadata-only trace of the plain model (no payloads), RNG left as it was."""
-    from ..trace.api import trace
+    from ..tracing.api import trace
 
     with preserved_rng():  # same grad mode as the run: some modules branch on it
         return trace(model, *args, input_kwargs=kwargs, save=False)

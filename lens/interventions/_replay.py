@@ -19,7 +19,7 @@ from torch import Tensor
 from ..capture import storage
 from ..errors import ReplayError
 from ..replay.interpreter import Interpreter
-from ..trace import Op, Trace
+from ..tracing import Op, Trace
 from ._sites import describe
 
 _INF = float("inf")

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
 from ..errors import InterventionError, PayloadError
-from ..trace import Op
+from ..tracing import Op
 
 
 def describe(op: Any) -> str:

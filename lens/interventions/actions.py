@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentTypeError, InterventionError, expect
-from ..trace import Trace
+from ..tracing import Trace
 from ._base import Action, Path, call_user, cut, fmt_tensor, like
 from ._sites import Site, same_site
 

@@ -3,8 +3,8 @@ activation datasets (``extract_dataset``/``load_dataset_activations``: sharded
 safetensors + a JSON manifest)."""
 
 from .dataset import extract_dataset, load_dataset_activations
-from .load import NotReplayable, load, replayable
-from .save import save
+from .loading import NotReplayable, load, replayable
+from .saving import save
 
 __all__ = ["NotReplayable", "extract_dataset", "load", "load_dataset_activations",
            "replayable", "save"]

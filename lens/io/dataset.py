@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ArgumentTypeError, LensError, LoadError, PayloadError
 from ..selectors import Selector
-from ..trace import Op, trace
+from ..tracing import Op, trace
 from ._dataset_files import FORMAT, VERSION, check_manifest, read_manifest_json, read_shard
 from ._fingerprint import batch_fingerprint, model_fingerprint
 from ._lock import FolderLock

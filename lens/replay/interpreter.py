@@ -18,7 +18,7 @@ from ..capture.frames import frames
 from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, ParamRef, Ref
 from ..capture.template import map_arg
 from ..errors import PayloadError, ReplayError
-from ..trace import Op, Trace
+from ..tracing import Op, Trace
 
 
 class Interpreter:

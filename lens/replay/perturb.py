@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..capture.records import Ref
-from ..trace import Op, Trace
+from ..tracing import Op, Trace
 
 
 def scale_of(tensors: Iterable[Tensor]) -> float:

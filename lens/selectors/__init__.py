@@ -53,7 +53,7 @@ from lens.selectors._places import (
     steps,
 )
 from lens.selectors._protocol import TIMINGS, OpLike, Timing, latest
-from lens.selectors.coerce import LABEL_PATTERN, coerce
+from lens.selectors.coercion import LABEL_PATTERN, coerce
 
 __all__ = [
     # building selectors

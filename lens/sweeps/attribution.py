@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import LensError
-from ..trace import trace as _trace
+from ..tracing import trace as _trace
 from .result import SweepResult
 from .runner import SweepRunner, as_args, check_same_shapes
 from .spec import SweepSpec

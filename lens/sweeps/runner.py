@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from ..bundles.bundle import check_same_graph
+from ..bundles.core import check_same_graph
 from ..errors import InterventionError, LensError
 from ..replay.interpreter import Interpreter, downstream
 from ..selectors import coerce
-from ..trace import Op, Trace
-from ..trace import trace as _trace
+from ..tracing import Op, Trace
+from ..tracing import trace as _trace
 from .spec import SweepSpec
 
 _SOURCES = frozenset({"input", "output", "buffer", "constant"})

@@ -124,7 +124,7 @@ def test_when_every_layout_hangs_drawing_stops_with_advice(demo, tmp_path, monke
 
 def _source(trace, layout):
     from lens.draw.dot import source
-    from lens.draw.plan import plan
+    from lens.draw.layout import plan
 
     return source(trace, plan(trace), fast=layout.fast, clusters=layout.clusters)
 

@@ -1,7 +1,7 @@
 """Fuzzing tl.load: a real saved trace, mutated every way a crafted or damaged file can
 be, either fails with LoadError naming what is wrong or loads as a consistent trace.
 
-Most cases go through ``lens.io.load.from_bytes`` (every check ``tl.load`` makes but the
+Most cases go through ``lens.io.loading.from_bytes`` (every check ``tl.load`` makes but the
 file system's), a few hundred through real files with every ``open`` audited.
 Hypothesis runs derandomized, so CI sees the same cases on every run.
 """
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import lens as tl
 from lens.io import load, save
-from lens.io.load import from_bytes
+from lens.io.loading import from_bytes
 from lens.io.schema import JSON_NAME, TENSORS_NAME
 from tests.models import ZOO
 

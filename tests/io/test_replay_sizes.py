@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import lens as tl
-from lens.io.load import NotReplayable, replayable
+from lens.io.loading import NotReplayable, replayable
 from tests.helpers import build, regular_cases
 from tests.models import get
 

@@ -96,7 +96,7 @@ def test_validate_recomputes_random_ops_instead_of_exempting_them() -> None:
     tr = report.trace
     drop = next(op for op in tr.ops if op.func_name == "dropout")
     drop.payload = drop.payload.flip(0)  # a wrong saved value is caught
-    from lens.validate import _check_op
+    from lens.validation import _check_op
 
     bad = type(report)("m")
     _check_op(tr, drop, bad, False, torch.Generator())

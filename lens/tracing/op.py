@@ -22,7 +22,7 @@ from . import flops, fmt
 
 if TYPE_CHECKING:
     from .layer import Layer, LayerInfo, OpList
-    from .trace import Trace
+    from .traces import Trace
 
 
 class Op:
@@ -261,7 +261,7 @@ class Op:
 
     @property
     def flops(self) -> int:
-        """Forward FLOPs, counted from shapes (convention in :mod:`lens.trace.flops`)."""
+        """Forward FLOPs, counted from shapes (convention in :mod:`lens.tracing.flops`)."""
         return flops.op_cost(self)[0]
 
     @property
@@ -302,7 +302,7 @@ class Op:
     def intervention_names(self) -> list[str]:
         return [repr(f) for f in self.fired]
 
-    # --------------------------------------------------------------- graph facts (lens.trace.graph)
+    # ------------------------------------------------ graph facts (lens.tracing.graph)
     # Computed once per trace on first access (``Trace._graph``); None = unreachable.
     @property
     def min_distance_from_input(self) -> int | None:

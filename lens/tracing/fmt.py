@@ -8,7 +8,7 @@ from . import flops
 
 if TYPE_CHECKING:
     from .op import Op
-    from .trace import Trace
+    from .traces import Trace
 
 
 def nbytes(n: float) -> str:

@@ -31,7 +31,7 @@ from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
 from .options import TraceOptions
-from .trace import Trace
+from .traces import Trace
 
 
 def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,

@@ -4,6 +4,6 @@ from .api import trace
 from .layer import Layer, OpGroup
 from .modules import ModuleCall, ModuleRecord
 from .op import Op
-from .trace import Trace
+from .traces import Trace
 
 __all__ = ["Layer", "ModuleCall", "ModuleRecord", "Op", "OpGroup", "Trace", "trace"]

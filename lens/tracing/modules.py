@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from ..facets import Facets
     from .op import Op
-    from .trace import Trace
+    from .traces import Trace
 
 
 class ModuleCall:

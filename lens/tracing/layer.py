@@ -1,6 +1,6 @@
 """Sequences of ops a trace hands out: ``OpList`` (``trace.ops``, ``trace.records``),
 ``Layer`` (all passes of one layer, over a :class:`LayerInfo` row) and ``OpGroup``
-(several ops one key finds). Views, like :class:`~lens.trace.op.Op`: they hold the trace,
+(several ops one key finds). Views, like :class:`~lens.tracing.op.Op`: they hold the trace,
 and the trace holds only the rows they read.
 """
 
@@ -16,7 +16,7 @@ from ..errors import PayloadError
 from .op import Op
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from .traces import Trace
 
 
 class OpList(Sequence[Op]):

@@ -30,8 +30,8 @@ from .errors import expect
 from .replay.interpreter import Interpreter, tensors_equal
 from .replay.perturb import exemption, operands, perturbed, scale_of
 from .replay.state import ModelState
-from .trace import Op, Trace
-from .trace import trace as _trace
+from .tracing import Op, Trace
+from .tracing import trace as _trace
 
 # Ops whose output depends only on the shape/dtype/device of (some) inputs, or that can
 # legitimately ignore a perturbed input (selection, masking, saturation).

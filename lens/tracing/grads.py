@@ -38,7 +38,7 @@ from ..selectors import ALL, Selector, coerce
 from .op import Op
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from .traces import Trace
 
 
 class _Store:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from . import fmt
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from .traces import Trace
 
 
 def table(rows: Sequence[Sequence[object]], caption: str | None = None) -> str:

@@ -22,7 +22,7 @@ import torch
 
 from ..capture import modes
 from ..errors import LensError, LoadError, SaveError
-from ..trace import Op, Trace
+from ..tracing import Op, Trace
 from . import names
 from ._safe import loads_json, read_regular
 from .schema import FORMAT, JSON_NAME, SCHEMA_VERSION, TENSORS_NAME, dtype_name, encode

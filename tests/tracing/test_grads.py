@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import lens as tl
-from lens.trace.grads import GradCapture
+from lens.tracing.grads import GradCapture
 from tests.helpers import build, leaves
 from tests.models import get
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Literal
 from ..capture.records import ModuleCallRecord
 
 if TYPE_CHECKING:
-    from ..trace.modules import Modules
-    from ..trace.op import Op
-    from ..trace.trace import Trace
+    from ..tracing.modules import Modules
+    from ..tracing.op import Op
+    from ..tracing.traces import Trace
 
 VisMode = Literal["unrolled", "rolled"]
 

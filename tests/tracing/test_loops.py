@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lens as tl
-from lens.trace.loops import find_layers
+from lens.tracing.loops import find_layers
 from tests.helpers import build
 from tests.models import ZooCase, cases, get
 

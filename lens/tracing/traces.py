@@ -239,7 +239,7 @@ class Trace:
     def num_params(self) -> int:
         return sum(m[1] for m in self.param_meta.values())
 
-    # ------------------------------------------------------- graph facts (lens.trace.graph)
+    # ------------------------------------------------------- graph facts (lens.tracing.graph)
     @cached_property
     def _graph(self) -> GraphFacts:
         return GraphFacts(self.kept)

@@ -22,9 +22,9 @@ import torch
 from ..capture import modes
 from ..capture.records import OP, ModuleCallRecord, OpRecord, ParamRef, RecordTable, Ref
 from ..errors import LoadError, ReplayError
-from ..trace import Op, Trace
-from ..trace.layer import LayerInfo
-from ..trace.options import TraceOptions
+from ..tracing import Op, Trace
+from ..tracing.layer import LayerInfo
+from ..tracing.options import TraceOptions
 from . import _sizes, names
 from ._safe import loads_json, read_regular
 from ._tensors import read_trace_tensors

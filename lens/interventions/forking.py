@@ -26,7 +26,7 @@ from ..capture.stash import Stash
 from ..errors import InterventionError, PayloadError
 from ..replay.interpreter import tensors_equal
 from ..selectors import Selector, coerce, split_call
-from ..trace import Layer, Op, OpGroup, Trace
+from ..tracing import Layer, Op, OpGroup, Trace
 from ._base import Action, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, preserved_rng, records
@@ -199,7 +199,7 @@ class Fork(Trace):
         state recorded at capture (``intervention_ready=True``) is restored for the run,
         and the caller's random state is put back afterwards.
         """
-        from ..trace.api import trace
+        from ..tracing.api import trace
 
         graph = records(self.source)
         every = [ci for e in self.edits for ci, _ in e.targets]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .trace import Trace
+    from .traces import Trace
 
 
 def ops_frame(trace: Trace) -> pd.DataFrame:

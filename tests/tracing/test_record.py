@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lens as tl
-from lens.trace.record import Recording, pluck, record
+from lens.tracing.record import Recording, pluck, record
 from tests.helpers import build, hook_outputs, regular_cases
 from tests.models import get
 

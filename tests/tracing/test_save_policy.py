@@ -14,7 +14,7 @@ import torch
 
 import lens as tl
 from lens.selectors import Selector, coerce
-from lens.trace.record import pluck
+from lens.tracing.record import pluck
 from tests.helpers import UNINITIALISED, build, regular_cases
 
 CASES = regular_cases()

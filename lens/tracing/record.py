@@ -42,7 +42,7 @@ from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import ADDRESS
 from .api import build, check_labels, recorder
 from .sparse import SparseRecording, record_sparse
-from .trace import Trace
+from .traces import Trace
 
 
 class Recording:

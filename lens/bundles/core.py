@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ArgumentTypeError, LensError, LookupKeyError, expect
 from ..selectors import Selector, coerce, everything
-from ..trace import Op, Trace
+from ..tracing import Op, Trace
 from .metrics import CHANGE, resolve
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class Bundle:
 
     def _repr_html_(self) -> str:
         """Jupyter's view: one row per member, then the baseline's summary table."""
-        from ..trace.html import table, trace_html
+        from ..tracing.html import table, trace_html
 
         rows: list[tuple[object, ...]] = [("member", "ops", "saved payloads", "baseline")]
         rows += [(n, len(t.ops), sum(op.payload is not None for op in t.ops),
