@@ -30,7 +30,8 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
     ``[batch]`` (padded batches: row b patched at ``positions[b]``). Rows name the site as
     given, with its ``layer`` (block index), ``op`` (label), ``head`` and ``position``.
     Cells are replayed downstream of their site only, batched over cells. With ``out=``,
-    rows are stored there and a rerun computes only the missing ones; ``resume='force'`` keeps rows even though the metric's code changed."""
+    rows are stored there and a rerun computes only the missing ones; ``resume='force'``
+    keeps rows even though the metric's code changed."""
     check_same_shapes(clean, corrupted)
     spec = SweepSpec("patching", sites, metric, (clean, corrupted), positions, position_dim,
                      None, output, dict(input_kwargs or {}), model_fn)
