@@ -51,13 +51,11 @@ def main(out_dir: str | None = None) -> int:
 
     res = tl.sweep.patching(model, clean, corrupted, RESIDUAL, metric=metric,
                             progress=False)
-    names = {trace[a].label: a for a in RESIDUAL}
-    table = res.pivot()
+    table = res.pivot()  # rows name the sites as given: 'embed', 'blocks.0', ...
     print("\nPatching the residual stream, one (depth, position) at a time "
           "(metric after patching):")
-    print(table.rename(index=names).round(1).to_string())
+    print(table.round(1).to_string())
     fig = res.heatmap(title="patching clean -> corrupted: logit difference")
-    fig.axes[0].set_yticklabels([f"{names[s]} ({s})" for s in table.index], fontsize=7)
     written.append(_save_fig(fig, out / "patching_heatmap.png"))
     written.append(res.save(str(out / "patching_residual.csv")))
 

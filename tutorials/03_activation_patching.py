@@ -68,12 +68,10 @@ assert clean_ld > 2 and corrupted_ld < -2
 # %%
 RESIDUAL = ["embed", "blocks.0", "blocks.1"]
 trace = tl.trace(model, clean)
-depth_of = {trace[a].label: a for a in RESIDUAL}  # op label -> module address
 resid = tl.sweep.patching(model, clean, corrupted, RESIDUAL, metric=metric, progress=False)
 frame = resid.to_pandas()
 frame["restored"] = (frame["value"] - frame["baseline"]) / (frame["clean"] - frame["baseline"])
-frame["depth"] = frame["site"].map(depth_of)
-table = frame.pivot(index="depth", columns="position", values="restored").loc[RESIDUAL]
+table = frame.pivot(index="site", columns="position", values="restored").loc[RESIDUAL]
 print(table.round(2).to_string())
 
 fig = resid.heatmap(title="residual stream patching: logit difference")
@@ -213,8 +211,7 @@ resid_m = tl.sweep.patching(model, clean_m, matched, RESIDUAL, metric=metric_m,
                             progress=False)
 fm = resid_m.to_pandas()
 fm["restored"] = (fm["value"] - fm["baseline"]) / (fm["clean"] - fm["baseline"])
-fm["depth"] = fm["site"].map(depth_of)
-table_m = fm.pivot(index="depth", columns="position", values="restored").loc[RESIDUAL]
+table_m = fm.pivot(index="site", columns="position", values="restored").loc[RESIDUAL]
 print(table_m.round(2).to_string())
 
 heads_m = tl.sweep.patching(model, clean_m, matched, [z_labels[0]], metric=metric_m,

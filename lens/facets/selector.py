@@ -52,7 +52,7 @@ class Facet(Selector):
     """Matches the carrier op of facet ``name`` (see module doc)."""
 
     name: str
-    head: int | tuple[int, ...] | None = None
+    head: int | tuple[int, ...] | str | None = None  # 'each': one sweep cell per head
     module: str | None = None
     layout: str = "lens"
 
@@ -60,7 +60,9 @@ class Facet(Selector):
         if not isinstance(self.name, str) or not self.name:
             raise SelectorError(f"tl.facet() needs a facet name such as 'z', got {self.name!r}.")
         head = self.head
-        if isinstance(head, (list, tuple, range)):
+        if head == "each":
+            pass
+        elif isinstance(head, (list, tuple, range)):
             head = tuple(head)
             if not head or not all(isinstance(h, int) and not isinstance(h, bool)
                                    for h in head):
@@ -68,8 +70,8 @@ class Facet(Selector):
                                     f"non-empty list of ints, got {self.head!r}.")
             object.__setattr__(self, "head", head)
         elif head is not None and (not isinstance(head, int) or isinstance(head, bool)):
-            raise SelectorError(f"tl.facet({self.name!r}, head=...) takes an int or a list "
-                                f"of ints, got {self.head!r}.")
+            raise SelectorError(f"tl.facet({self.name!r}, head=...) takes an int, a list "
+                                f"of ints or 'each', got {self.head!r}.")
         if self.layout not in LAYOUTS:
             raise SelectorError(f"tl.facet(layout=...) is one of {LAYOUTS}, got {self.layout!r}.")
         if self.module is not None and not isinstance(self.module, str):
@@ -148,7 +150,13 @@ class Facet(Selector):
     def step(self, trace: Trace, owner: Owner, group: FacetGroup, carrier: Carrier) -> Step:
         perm = layout_perm(self.layout, group.kind, self.name)
         keys: tuple[Any, ...] = ()
+        if self.head == "each":
+            raise InterventionError(
+                f"{self!r}: head='each' makes one sweep cell per head (tl.sweep.patching, "
+                "tl.sweep.ablation); an intervention edits one slice: pass head=None for "
+                "every head together, an int, or a list of heads.")
         if self.head is not None:
+            assert not isinstance(self.head, str)
             dim = group.head_dim(self.name)
             if dim is None:
                 raise InterventionError(
@@ -161,7 +169,8 @@ class Facet(Selector):
     def __repr__(self) -> str:
         parts = [repr(self.name)]
         if self.head is not None:
-            parts.append(f"head={self.head if isinstance(self.head, int) else list(self.head)!r}")
+            head = self.head if isinstance(self.head, (int, str)) else list(self.head)
+            parts.append(f"head={head!r}")
         if self.module is not None:
             parts.append(f"module={self.module!r}")
         if self.layout != "lens":
@@ -177,15 +186,16 @@ def _keep_axis(head: int | tuple[int, ...]) -> slice | list[int]:
     return list(head)
 
 
-def facet(name: str, head: int | Sequence[int] | None = None, module: str | None = None,
-          layout: str = "lens") -> Facet:
+def facet(name: str, head: int | Sequence[int] | str | None = None,
+          module: str | None = None, layout: str = "lens") -> Facet:
     """Select facet ``name`` (of ``head``, in module calls at or inside ``module``) for
     interventions and sweeps: ``tl.facet('z', head=3) & tl.in_module('transformer.h.0')``.
     ``module=':1'`` keeps only the model's own forward (facets outside every submodule).
     ``layout='transformer_lens'`` presents per-position facets as ``[batch, pos, head,
-    d]`` to the action (as TransformerLens hooks do)."""
-    return Facet(name, head if head is None or isinstance(head, int) else tuple(head),
-                 module, layout)
+    d]`` to the action (as TransformerLens hooks do). In a sweep, ``head='each'`` gives
+    one cell per head (and a list, one cell per listed head)."""
+    keep = head is None or isinstance(head, (int, str))
+    return Facet(name, head if keep else tuple(head), module, layout)  # type: ignore[arg-type]
 
 
 def facet_nodes(selector: Selector) -> list[Facet]:

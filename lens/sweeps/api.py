@@ -23,10 +23,15 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
              out: str | None = None, output: str | None = None,
              input_kwargs: dict[str, Any] | None = None, model_fn: Any = None,
              progress: bool = True, resume: Resume = True) -> SweepResult:
-    """Patch each site (x position) from the clean run into the corrupted run; score each
-    patched run with ``metric(output)``. Cells are replayed downstream of their site only,
-    batched over cells. With ``out=``, rows are stored there and a rerun computes only
-    the missing ones; ``resume='force'`` keeps rows even though the metric's code changed."""
+    """Patch each site (x head x position) from the clean run into the corrupted run;
+    score each patched run with ``metric(output)``. ``sites`` takes module addresses,
+    labels, any selector, and facets (``tl.facet('z', module=..., head='each')``: one cell
+    per head); ``positions`` takes 'each', None, a list, or a per-row LongTensor
+    ``[batch]`` (padded batches: row b patched at ``positions[b]``). Rows name the site as
+    given, with its ``layer`` (block index), ``op`` (label), ``head`` and ``position``.
+    Cells are replayed downstream of their site only, batched over cells. With ``out=``,
+    rows are stored there and a rerun computes only the missing ones; ``resume='force'``
+    keeps rows even though the metric's code changed."""
     check_same_shapes(clean, corrupted)
     spec = SweepSpec("patching", sites, metric, (clean, corrupted), positions, position_dim,
                      None, output, dict(input_kwargs or {}), model_fn)
@@ -83,7 +88,7 @@ def _run(spec: SweepSpec, model: Any, batch_size: int, executor: Any,
         if store is not None:
             store.append(rows)
         for row in rows:
-            done[(row["site"], row["position"], row["head"])] = row
+            done[cell_key(row)] = row
     ordered = [done[c.key] for c in cells]
     result = SweepResult(ordered, spec.describe(), digest)
     result.damaged = [] if store is None else store.damaged
@@ -94,7 +99,8 @@ def _batches(cells: list[Cell], size: int) -> list[list[Cell]]:
     """Consecutive cells of one site, at most ``size`` per batch."""
     batches: list[list[Cell]] = []
     for c in cells:
-        if batches and batches[-1][0].site == c.site and len(batches[-1]) < size:
+        if (batches and (batches[-1][0].site, batches[-1][0].op) == (c.site, c.op)
+                and len(batches[-1]) < size):
             batches[-1].append(c)
         else:
             batches.append([c])

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import LensError
 from ..tracing import trace as _trace
+from .positions import cell_keys
 from .result import SweepResult
 from .runner import SweepRunner, as_args, check_same_shapes
 from .spec import SweepSpec
@@ -43,8 +44,15 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
     patch_spec = SweepSpec("patching", sites, metric, (clean, corrupted), positions,
                            position_dim, None, output, kw)
     runner = SweepRunner(model, patch_spec)  # clean and corrupted traces, sites, cells
-    site_ops = runner.site_ops()
-    calls = {op.call_index for op in site_ops}
+    sites = runner.sites()
+    for site in sites:
+        if site.facet is not None and (site.facet[3].rewrite is not None
+                                       or site.facet[3].perm is not None):
+            raise LensError(
+                f"attribution_patching: facet site {site.name} is computed inside "
+                f"{site.op.label} (not its output), so it has no gradient of its own; "
+                "use tl.sweep.patching for it, or select its carrier op.")
+    calls = {site.op.call_index for site in sites}
     with torch.enable_grad():
         graph = _trace(model, *as_args(corrupted), input_kwargs=kw,
                        intervene=[_GradSites(calls)])
@@ -58,14 +66,13 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
     by_call = dict(zip(sorted(calls), grads, strict=True))
     rows = []
     assert runner.source is not None
-    for op in site_ops:
-        grad = by_call[op.call_index]
-        diff = runner.source[op.label].out.detach() - op.out.detach()
+    for cell in runner.cells():
+        site = runner.site(cell)
+        grad = by_call[site.op.call_index]
+        diff = runner.source[site.op.label].out.detach() - site.op.out.detach()
         attr = diff * grad if grad is not None else torch.zeros_like(diff)
-        for cell in [c for c in runner.cells() if c.site == op.label]:
-            if cell.position is None:
-                v = float(attr.sum())
-            else:
-                v = float(attr.select(position_dim, cell.position).sum())
-            rows.append(runner.row(cell, v) | {"kind": "attribution"})
+        keys = cell_keys(positions, cell.position, runner.pos_dim(site), cell.head,
+                         site.head_dim)
+        v = float(attr.sum()) if keys is None else sum(float(attr[k].sum()) for k in keys)
+        rows.append(runner.row(cell, v) | {"kind": "attribution"})
     return SweepResult(rows, spec.describe(), spec.digest(model))

@@ -1,4 +1,5 @@
-"""``SweepResult``: tidy rows (site, position, head, value, plus the spec), tables and plots."""
+"""``SweepResult``: tidy rows (site, layer, op, head, position, value, plus the spec),
+tables and plots."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._optional import new_figure, require
+from ..errors import LensError
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 
+COLUMNS = ("site", "layer", "op", "head", "position", "value", "baseline", "clean", "kind")
+
+
 class SweepResult:
+    """One row per cell: ``site`` as given (module address, ``'<module>.<facet>'``,
+    label), ``layer`` (index of the repeated block it lies in), ``op`` (the label of the
+    op edited), ``head``, ``position``, ``value`` (the metric), ``baseline``, ``clean``."""
+
     def __init__(self, rows: list[dict[str, Any]], spec: dict[str, Any], digest: str) -> None:
         self.rows = rows
         self.spec = spec
@@ -26,21 +35,39 @@ class SweepResult:
     def to_pandas(self) -> pd.DataFrame:
         import pandas as pd
 
-        frame = pd.DataFrame(self.rows, columns=["site", "position", "head", "value",
-                                                 "baseline", "clean", "kind"])
+        frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
+        for col in ("layer", "head", "position"):  # ints with gaps, not floats
+            frame[col] = frame[col].astype("Int64")
         frame["metric"] = self.spec.get("metric")
         frame["spec"] = self.digest
         return frame
 
-    def pivot(self) -> pd.DataFrame:
-        """Sites down, positions (or heads) across."""
+    def pivot(self, index: str | list[str] | None = None, columns: str | None = None
+              ) -> pd.DataFrame:
+        """A table of values. By default: layers down (sites, where a layer holds several
+        or a site lies outside every block), positions across, or heads across when
+        the sweep has heads (then per head and position when it has both)."""
         frame = self.to_pandas()
-        column = "head" if frame["head"].notna().any() else "position"
-        if frame[column].isna().all():
-            return frame.set_index("site")[["value"]]
-        order = list(dict.fromkeys(frame["site"]))
-        table = frame.pivot_table(index="site", columns=column, values="value", sort=False)
-        return table.loc[order]
+        varies = [c for c in ("head", "position") if frame[c].notna().any()]
+        if columns is None:
+            columns = varies[0] if varies else None
+        if index is None:
+            per_site = frame.drop_duplicates(["site", "op"])
+            by_layer = (frame["layer"].notna().all()
+                        and not per_site["layer"].duplicated().any())
+            index = ["layer" if by_layer else "site"] + [c for c in varies if c != columns]
+        keys = [index] if isinstance(index, str) else list(index)
+        if columns is None:
+            return frame.set_index(keys)[["value"]]
+        try:
+            table = frame.pivot(index=keys, columns=columns, values="value")
+        except ValueError as e:
+            raise LensError(
+                f"SweepResult.pivot(index={keys}, columns={columns!r}): several rows share "
+                f"a cell of that table ({e}); add a column to index=, e.g. index=['site', "
+                "'head'].") from None
+        order = list(dict.fromkeys(map(tuple, frame[keys].itertuples(index=False))))
+        return table.loc[[o[0] for o in order] if len(keys) == 1 else order]
 
     def heatmap(self, ax: Any = None, cmap: str = "RdBu_r", title: str | None = None
                 ) -> Figure:
@@ -54,7 +81,8 @@ class SweepResult:
         lim = float(abs(values[values == values]).max()) if values.size else 1.0
         im = ax.imshow(values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         ax.set_yticks(range(table.shape[0]))
-        ax.set_yticklabels(list(table.index), fontsize=7)
+        ax.set_yticklabels([_tick(i) for i in table.index], fontsize=7)
+        ax.set_ylabel(" / ".join(str(n) for n in table.index.names if n))
         ax.set_xticks(range(table.shape[1]))
         ax.set_xticklabels([str(c) for c in table.columns], fontsize=7)
         ax.set_xlabel(str(table.columns.name or ""))
@@ -84,3 +112,7 @@ class SweepResult:
 
     def __repr__(self) -> str:
         return f"<SweepResult {self.spec.get('kind')}: {len(self.rows)} rows>"
+
+
+def _tick(key: Any) -> str:
+    return " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)

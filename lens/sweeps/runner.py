@@ -8,7 +8,7 @@ cost about one batched replay). Ops without a vmap rule fall back to one replay 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +16,15 @@ import torch
 
 from ..bundles.core import check_same_graph
 from ..errors import InterventionError, LensError
+from ..facets._edits import Step
+from ..interventions._sites import trace_site
 from ..replay.interpreter import Interpreter, downstream
 from ..selectors import coerce
 from ..tracing import Op, Trace
 from ..tracing import trace as _trace
+from . import positions
+from .positions import _short
+from .sites import SweepSite, find_sites
 from .spec import SweepSpec
 
 _SOURCES = frozenset({"input", "output", "buffer", "constant"})
@@ -27,15 +32,17 @@ _SOURCES = frozenset({"input", "output", "buffer", "constant"})
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of a sweep grid."""
+    """One cell of a sweep grid: a site (as the user named it), the op edited there,
+    and the position and head (None: all of them)."""
 
     site: str
+    op: str
     position: int | None = None
     head: int | None = None
 
     @property
-    def key(self) -> tuple[str, int | None, int | None]:
-        return (self.site, self.position, self.head)
+    def key(self) -> tuple[str, str, int | None, int | None]:
+        return (self.site, self.op, self.position, self.head)
 
 
 def as_args(x: Any) -> tuple[Any, ...]:
@@ -58,6 +65,7 @@ class SweepRunner:
             else:
                 self.source = None
                 self.base = _trace(model, *as_args(spec.inputs[0]), input_kwargs=kw)
+        self._sites: dict[tuple[str, str], SweepSite] | None = None
         self.out_op = self._output_op()
         with torch.no_grad():
             self.baseline = float(spec.metric(self.out_op.out))
@@ -84,54 +92,91 @@ class SweepRunner:
                 f"this model; see trace.find_sites(...) or trace.labels for what exists.")
         return found
 
+    def sites(self) -> list[SweepSite]:
+        """The named sites (computed once; a worker computes the same from its traces)."""
+        if self._sites is None:
+            sel = coerce(self.spec.sites, module_addresses=set(self.base.modules))
+            self._sites = {s.key(): s for s in find_sites(self.base, sel, self.site_ops())}
+        return list(self._sites.values())
+
+    def site(self, cell: Cell) -> SweepSite:
+        self.sites()
+        assert self._sites is not None
+        return self._sites[(cell.site, cell.op)]
+
+    def pos_dim(self, site: SweepSite) -> int:
+        """Positions of a facet with heads follow its head axis (``[batch, head, pos,
+        ...]``); elsewhere they are along ``position_dim``."""
+        return site.head_dim + 1 if site.head_dim is not None else self.spec.position_dim
+
     def cells(self) -> list[Cell]:
         """Every cell of the grid; positions are checked against every site first."""
-        cells = []
-        dim = self.spec.position_dim
-        for op in self.site_ops():
-            positions = self.spec.positions
-            if positions is None:
-                cells.append(Cell(op.label))
-                continue
-            if len(op.shape) <= dim:
+        cells: list[Cell] = []
+        for site in self.sites():
+            shape = tuple(self._value(site).shape)
+            dim = self.pos_dim(site)
+            where = site.name if site.facet is not None else site.op.label
+            if self.spec.positions is not None and len(shape) <= dim:
                 raise InterventionError(
-                    f"positions={_short(positions)} needs a dimension {dim} at {op.label}, "
-                    f"whose shape is {tuple(op.shape)}; pass position_dim=... or "
+                    f"positions={_short(self.spec.positions)} needs a dimension {dim} at "
+                    f"{where}, whose shape is {shape}; pass position_dim=... or "
                     "positions=None.")
-            size = op.shape[dim]
-            if positions == "each":
-                positions = range(size)
-            cells.extend(Cell(op.label, p) for p in _checked(positions, size, op, dim))
+            cols = positions.columns(self.spec.positions, shape[dim] if len(shape) > dim
+                                     else 0, shape[0] if shape else None, where, shape, dim)
+            cells.extend(Cell(site.name, site.op.label, p, h)
+                         for h in site.heads for p in cols)
         return cells
 
+    def _value(self, site: SweepSite) -> torch.Tensor:
+        if site.facet is None:
+            return site.op.out
+        owner, name, group, _ = site.facet
+        return group.value(self.base, name)
+
     # ------------------------------------------------------------------ compute
-    def edited(self, cell: Cell, op: Op) -> torch.Tensor:
+    def edited(self, cell: Cell, site: SweepSite) -> torch.Tensor:
+        """The value of the site's op with this cell's edit made."""
+        op = site.op
         value = op.out.detach()
-        index = _index(cell.position, self.spec.position_dim)
+        keys = positions.cell_keys(self.spec.positions, cell.position, self.pos_dim(site),
+                                   cell.head, site.head_dim)
+        if site.facet is None:
+            return self._edit(value, keys, lambda: self._source_of(op), op)
+        owner, name, _, carrier = site.facet
+        step = Step(owner, name, "lens", (), None, carrier, cell.head)
+        return step.apply(value, _CarrierSite(op, value), _CellEdit(self, keys, op))
+
+    def _source_of(self, op: Op) -> torch.Tensor:
+        assert self.source is not None
+        src: torch.Tensor = self.source[op.label].out.detach()
+        return src
+
+    def _edit(self, value: torch.Tensor, keys: list[tuple[Any, ...]] | None,
+              source: Callable[[], torch.Tensor], op: Op) -> torch.Tensor:
         if self.spec.kind == "patching":
-            assert self.source is not None
-            src: torch.Tensor = self.source[op.label].out.detach()
-            if index is None:
+            src = source()
+            if keys is None:
                 return src
             new = value.clone()
-            new[index] = src[index]
+            for k in keys:
+                new[k] = src[k]
             return new
-        action = self.spec.action
-        if index is None:
-            return _apply(action, value, op)
+        if keys is None:
+            return _apply(self.spec.action, value, op)
         new = value.clone()
-        new[index] = _apply(action, value[index], op)
+        for k in keys:
+            new[k] = _apply(self.spec.action, value[k], op)
         return new
 
     def run(self, cells: Sequence[Cell]) -> list[dict[str, Any]]:
-        groups: dict[str, list[Cell]] = {}
+        groups: dict[tuple[str, str], list[Cell]] = {}
         for c in cells:
-            groups.setdefault(c.site, []).append(c)
+            groups.setdefault((c.site, c.op), []).append(c)
         rows = []
-        for site, group in groups.items():
-            op = self.base[site]
-            values = [self.edited(c, op) for c in group]
-            for c, v in zip(group, self.replay_metric(op, values), strict=True):
+        for group in groups.values():
+            site = self.site(group[0])
+            values = [self.edited(c, site) for c in group]
+            for c, v in zip(group, self.replay_metric(site.op, values), strict=True):
                 rows.append(self.row(c, v))
         return rows
 
@@ -156,34 +201,44 @@ class SweepRunner:
             return [float(one(v)) for v in values]
 
     def row(self, cell: Cell, value: float) -> dict[str, Any]:
-        return {"site": cell.site, "position": cell.position, "head": cell.head,
-                "value": value, "baseline": self.baseline, "clean": self.clean_value,
+        return {"site": cell.site, "layer": self.site(cell).layer, "op": cell.op,
+                "head": cell.head, "position": cell.position, "value": value,
+                "baseline": self.baseline, "clean": self.clean_value,
                 "kind": self.spec.kind}
 
 
-def _short(x: Any) -> str:
-    text = repr(x)
-    return text if len(text) < 60 else text[:57] + "..."
+class _CarrierSite:
+    """The site a facet step edits at: inputs from the base trace's saved payloads;
+    ``op`` None, so the step keeps no record of the edit on the base trace."""
+
+    op = None
+
+    def __init__(self, op: Op, value: torch.Tensor) -> None:
+        self._site = trace_site(op, value)
+        self.call_index = op.call_index
+
+    def name(self) -> str:
+        return self._site.name()
+
+    def inputs(self) -> list[torch.Tensor]:
+        return self._site.inputs()
 
 
-def _checked(positions: Any, size: int, op: Op, dim: int) -> list[int]:
-    if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
-        raise InterventionError(f"positions={_short(positions)}: use 'each', None, or a "
-                                "list of integer positions.")
-    out: list[int] = []
-    for p in positions:
-        if isinstance(p, torch.Tensor) and p.dim() == 0 and not p.is_floating_point():
-            p = int(p)
-        if not isinstance(p, int) or isinstance(p, bool):
-            raise InterventionError(f"positions: {p!r} is not an integer position.")
-        if not 0 <= p < size:
-            raise InterventionError(
-                f"positions: {p} is out of range at {op.label}, whose dimension {dim} has "
-                f"size {size} (shape {tuple(op.shape)}); use positions in 0..{size - 1}.")
-        if p in out:
-            raise InterventionError(f"positions: {p} is listed twice; list each once.")
-        out.append(p)
-    return out
+class _CellEdit:
+    """The action a facet step runs: this cell's edit of the facet (patch or ablate)."""
+
+    def __init__(self, runner: SweepRunner, keys: list[tuple[Any, ...]] | None,
+                 op: Op) -> None:
+        self.runner, self.keys, self.op = runner, keys, op
+
+    def edit(self, shown: torch.Tensor, site: Any, path: tuple[Any, ...] = ()
+             ) -> torch.Tensor:
+        source = self.runner.source
+
+        def clean() -> torch.Tensor:
+            return site.value_in(source, "a patching sweep").detach()  # type: ignore[no-any-return]
+
+        return self.runner._edit(shown, self.keys, clean, self.op)
 
 
 def check_same_shapes(clean: Any, corrupted: Any) -> None:
@@ -216,12 +271,6 @@ def _leaves(x: Any, path: str = "inputs") -> list[tuple[str, Any]]:
         return [leaf for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))
                 for leaf in _leaves(v, f"{path}[{k!r}]")]
     return [(path, x)]
-
-
-def _index(position: int | None, dim: int) -> tuple[Any, ...] | None:
-    if position is None:
-        return None
-    return (slice(None),) * dim + (position,)
 
 
 def _apply(action: Any, value: torch.Tensor, op: Op) -> torch.Tensor:

@@ -12,8 +12,12 @@ import torch
 
 from ..io._fingerprint import model_fingerprint
 from .identity import code_identity
+from .positions import describe as describe_positions
 
 Kind = Literal["patching", "ablation", "attribution"]
+# Version of the stored row format: 2 names sites as the user did (module address, facet,
+# label) and adds layer and op; rows of version 1 (no "rows" key) named sites by op label.
+ROW_SCHEMA = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,7 +28,7 @@ class SweepSpec:
     sites: Any  # a selector, or a list of labels
     metric: Any  # callable(output_tensor) -> scalar tensor
     inputs: tuple[Any, ...]  # (clean, corrupted) for patching; (inputs,) for ablation
-    positions: Any = "each"  # 'each', a list of ints, or None (whole tensor)
+    positions: Any = "each"  # 'each', a list of ints, None (whole tensor), or per row
     position_dim: int = 1
     action: Any = None  # ablation only
     output: str | None = None  # label of the output the metric reads (default: first)
@@ -38,8 +42,8 @@ class SweepSpec:
             "sites": repr(self.sites),
             "metric": _qualname(self.metric),
             "metric_code": code_identity(self.metric),
-            "positions": self.positions if self.positions in ("each", None)
-            else [int(p) for p in self.positions],
+            "rows": ROW_SCHEMA,
+            "positions": describe_positions(self.positions),
             "position_dim": self.position_dim,
             "action": _describe_action(self.action),
             "action_code": None if self.action is None else code_identity(self.action),

@@ -105,7 +105,7 @@ class ResultStore:
 
 
 def cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["site"], row["position"], row["head"])
+    return (row["site"], row["op"], row["position"], row["head"])
 
 
 def _parse_row(line: bytes | bytearray) -> tuple[dict[str, Any] | None, str]:
@@ -115,12 +115,13 @@ def _parse_row(line: bytes | bytearray) -> tuple[dict[str, Any] | None, str]:
         return None, f"a torn or garbled write ({e})"
     if not isinstance(row, dict):
         return None, f"a JSON {type(row).__name__}, not a row"
-    ok = (isinstance(row.get("site"), str) and _opt_int(row.get("position", 0))
+    ok = (isinstance(row.get("site"), str) and isinstance(row.get("op"), str)
+          and _opt_int(row.get("position", 0)) and _opt_int(row.get("layer"))
           and _opt_int(row.get("head", 0)) and "position" in row and "head" in row
           and isinstance(row.get("value"), (int, float))
           and not isinstance(row.get("value"), bool))
     if not ok:
-        return None, "not a row (needs site, position, head and a numeric value)"
+        return None, "not a row (needs site, op, layer, position, head and a numeric value)"
     return row, ""
 
 
@@ -165,6 +166,12 @@ def _read_spec(path: Path) -> dict[str, Any]:
 def _refuse_or_force(folder: Path, old: dict[str, Any], description: dict[str, Any],
                      digest: str, resume: Resume) -> None:
     new = json.loads(json.dumps(description, default=str))
+    if old["spec"].get("rows") != new.get("rows"):
+        raise SpecMismatchError(
+            f"{folder} holds rows in an older format (row schema "
+            f"{old['spec'].get('rows', 1)}; this lens writes {new.get('rows')}: sites named "
+            "as you gave them, plus layer and op columns), which cannot be resumed. Point "
+            f"out= at a new folder, or delete {folder} to compute the sweep again.")
     before = {k: v for k, v in old["spec"].items() if k not in CODE_KEYS}
     after = {k: v for k, v in new.items() if k not in CODE_KEYS}
     if before != after:

@@ -44,7 +44,8 @@ DAMAGE = {
     "invalid utf-8": b"\xff\xfe\x80 not text",
     "a list": b"[1, 2, 3]",
     "no cell key": b'{"value": 1.0, "baseline": 0.0}',
-    "bad position": b'{"site": "x", "position": "3", "head": null, "value": 1.0}',
+    "bad position": b'{"site": "x", "op": "x", "layer": null, "position": "3", "head": null, '
+                    b'"value": 1.0}',
 }
 
 
@@ -97,11 +98,12 @@ def test_non_finite_values_are_kept_but_a_strictly_bad_line_is_damaged(tmp_path)
     from lens.sweeps.store import ResultStore
 
     store = ResultStore(tmp_path, {"kind": "t"}, "d1")
-    rows = [{"site": "a", "position": p, "head": None, "value": v}
+    rows = [{"site": "a", "op": "a", "layer": None, "position": p, "head": None, "value": v}
             for p, v in enumerate([float("nan"), float("inf"), -float("inf"), 2 ** 63])]
     store.append(rows)  # json.dumps writes NaN/Infinity: a metric may be non-finite
     with (tmp_path / "rows.jsonl").open("ab") as f:
-        f.write(b'{"site": "b", "site": "c", "position": 0, "head": null, "value": 1}\n')
+        f.write(b'{"site": "b", "site": "c", "op": "b", "layer": null, "position": 0, '
+                b'"head": null, "value": 1}\n')
     again = ResultStore(tmp_path, {"kind": "t"}, "d1")
     got = again.load()
     assert [r["position"] for r in got] == [0, 1, 2, 3] and got[3]["value"] == 2 ** 63

@@ -56,7 +56,8 @@ def test_patching_equals_a_hook_loop(gpt2):
     blocks = _labels(model, corrupted)
     assert len(res) == len(BLOCKS) * clean.shape[1]
     for row in res.rows:
-        block, p = blocks[row["site"]], row["position"]
+        block, p = row["site"], row["position"]
+        assert blocks[row["op"]] == block and row["layer"] == int(block[-1])
 
         def edit(v, block=block, p=p):
             v[:, p] = saved[block][:, p]
@@ -67,7 +68,7 @@ def test_patching_equals_a_hook_loop(gpt2):
     frame = res.to_pandas()
     assert set(frame.columns) >= {"site", "position", "head", "value", "metric", "spec"}
     # patching the last block at every position restores the clean metric
-    last = frame[frame["site"] == list(blocks)[-1]]
+    last = frame[frame["site"] == BLOCKS[-1]]
     with torch.no_grad():
         clean_value = float(logit_diff(model(clean).logits))
     assert math.isclose(res.rows[0]["clean"], clean_value, rel_tol=1e-5)
@@ -85,7 +86,8 @@ def test_ablation_equals_a_hook_loop(gpt2):
     blocks = _labels(model, clean)
     assert len(res) == 4
     for row in res.rows:
-        block, p = blocks[row["site"]], row["position"]
+        block, p = row["site"], row["position"]
+        assert blocks[row["op"]] == block and row["layer"] == int(block[-1])
 
         def edit(v, p=p):
             v[:, p] = 0
@@ -115,7 +117,8 @@ def test_attribution_equals_gradient_times_difference(gpt2):
     model.zero_grad(set_to_none=True)
     blocks = _labels(model, corrupted)
     for row in res.rows:
-        b = blocks[row["site"]]
+        b = row["site"]
+        assert blocks[row["op"]] == b
         diff = saved[b] - grabbed[b].detach()
         want = float((diff * grabbed[b].grad)[:, row["position"]].sum())
         assert math.isclose(row["value"], want, rel_tol=1e-4, abs_tol=1e-6), row
