@@ -4,6 +4,8 @@ given the same edit; outputs the edit does not reach keep the fused kernel's val
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -218,3 +220,37 @@ def test_bad_steps_are_refused_with_the_fix():
         tl.facet("h", step=True)
     shown = repr(tl.facet("h", module="rnn", step=[1, 2]))
     assert shown == "tl.facet('h', module='rnn', step=[1, 2])"
+
+
+def test_the_readme_example_edits_one_unit_at_one_step():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.lstm = nn.LSTM(3, 6, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("## Editing a recurrence step by step", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    trace = tl.trace(model, x, intervention_ready=True)
+    scope = {"tl": tl, "torch": torch, "model": model, "x": x, "trace": trace}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    with torch.no_grad():
+        want, _ = _by_cells(model.lstm, x, "h", {(0, 0, 3)},
+                            lambda v: v.index_fill(-1, torch.tensor([5]), 0.0))
+    assert torch.allclose(scope["out"][0], want[0], atol=1e-5)
+    halved = {(0, 0, 2), (0, 0, 4)}
+    with torch.no_grad():
+        want, _ = _by_cells(model.lstm, x, "f", halved, lambda v: 0.5 * v)
+    assert torch.allclose(scope["fork"].output[0], want[0], atol=1e-5)
+
+
+def test_a_calls_facets_name_the_same_site():
+    model, x = _model("gru", True)
+    trace = tl.trace(model, x, intervention_ready=True)
+    site = trace.modules["rnn"].calls[0].facets.site("n", step=2)
+    assert site == tl.facet("n", module="rnn:1", step=2)
+    by_site = trace.fork().intervene(site, tl.zero_ablate()).replay()
+    by_name = trace.fork().intervene(tl.facet("n", module="rnn", step=2),
+                                     tl.zero_ablate()).replay()
+    assert torch.equal(by_site.output[0], by_name.output[0])
+    assert not torch.equal(by_site.output[0], trace.output[0])
+    assert torch.equal(by_site.modules["rnn"].facets["n"][:, :, :, 2], torch.zeros(2, 1, 2, 5))
