@@ -14,7 +14,7 @@ beside ``lens.facets`` and neither imports the other.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -42,21 +42,33 @@ class Step:
     perm: tuple[int, ...] | None
     carrier: Carrier
     head: Any = None
+    step: Any = None  # time steps of a recurrent facet (None: all)
+    memo: dict[str, Any] = field(default_factory=dict)  # shared by one facet's carriers
 
     def describe(self) -> str:
         head = "" if self.head is None else f" (head {self.head})"
-        return f"facet {self.name!r}{head} of {self.owner.name()}"
+        step = "" if self.step is None else f" (step {self.step})"
+        return f"facet {self.name!r}{head}{step} of {self.owner.name()}"
 
     def apply(self, value: Tensor, site: Any, action: Any) -> Tensor:
         c = self.carrier
 
-        def edit(native: Tensor) -> Tensor:
+        def edit(native: Tensor, path: tuple[Any, ...] = (), full: Tensor | None = None
+                 ) -> Tensor:
+            """The action on ``native``: the facet, or its part ``path`` cuts out of
+            ``full`` (one time step of a recurrent state)."""
             shown = native.permute(self.perm) if self.perm else native
             act = _restricted(action, self.keys)
-            new: Tensor = act.edit(shown, FacetSite(site, shown, self), ())
+            whole = shown if full is None else full
+            new: Tensor = act.edit(shown, FacetSite(site, whole, self), path)
             _check(new, shown, action, self)
             return new.permute(_inverse(self.perm)) if self.perm else new
 
+        if getattr(c.rewrite, "stepwise", False):  # a recurrence rerun with the edit
+            new, stages = c.rewrite.apply_steps(value, site, self, edit)
+            remember_edit(site.op, value, new, self.owner,
+                          {k: t.detach() for k, t in stages.items()})
+            return new  # type: ignore[no-any-return]
         if c.rewrite is None:
             native = value.permute(c.perm) if c.perm else value
             out = edit(native)

@@ -73,12 +73,13 @@ class Facets(Mapping[str, Tensor]):
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def site(self, name: str, head: Any = None) -> Any:
-        """The selector of facet ``name`` (of ``head``) of this call, for interventions."""
+    def site(self, name: str, head: Any = None, step: Any = None) -> Any:
+        """The selector of facet ``name`` (of ``head``; at time ``step`` of a recurrent
+        state or gate) of this call, for interventions."""
         from .selector import facet
 
         self.group(name)
-        return facet(name, head=head, module=self.owner.key or ":1")
+        return facet(name, head=head, module=self.owner.key or ":1", step=step)
 
     def __repr__(self) -> str:
         what = "; ".join(g.describe() for g in self._groups) or "no structure found"

@@ -89,6 +89,16 @@ class FacetGroup:
         """The head dimension of ``name`` in lens's layout, or None (no heads)."""
         return None
 
+    def carriers(self, trace: Trace, name: str) -> tuple[Carrier, ...]:
+        """Every op an edit of ``name`` changes (a fused call with several outputs has one
+        carrier per output); empty if it cannot be edited."""
+        c = self.carrier(trace, name)
+        return (c,) if c is not None else ()
+
+    def step_dim(self, name: str) -> int | None:
+        """The time dimension of ``name`` if it is edited step by step (``step=``)."""
+        return None
+
     def info(self) -> dict[str, Any]:
         return {}
 

@@ -5,11 +5,16 @@
 all after their nonlinearity) are rebuilt by unrolling the recurrence with the module's
 weights (named in the op's argument template) and checked against the fused outputs.
 Their layout is ``[layer, direction, batch, time, hidden]``, whatever ``batch_first``.
+
+Every facet can be edited. ``output``/``h_n``/``c_n`` are edited at their op; a state or
+gate is edited at one time step (``tl.facet('h', module='lstm', step=3)``) or at every
+step, as the recurrence runs: lens reruns the recurrence from the edit on, through every
+layer and direction (lens.facets._rnn_edit), and the fused op's outputs change only where
+the edit reaches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,29 +22,20 @@ from torch import Tensor
 
 from ..capture.records import ParamRef
 from ._graph import FacetError, close, max_error, param, payload, records, ref, token
-from ._registry import Carrier, FacetGroup, Owner, StructureIndex, owner_of
+from ._registry import (
+    Carrier,
+    FacetGroup,
+    StructureIndex,
+    edit_lost,
+    edited_value,
+    owner_of,
+    rewritten,
+)
+from ._rnn_edit import StepRewrite
+from ._rnn_math import GATES, OUTPUTS, RnnSpec, unroll
 
 if TYPE_CHECKING:
     from ..tracing import Trace
-
-GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn_tanh": (),
-         "rnn_relu": ()}
-
-
-@dataclass(frozen=True)
-class RnnSpec:
-    owner: Owner
-    mode: str
-    x: int
-    hx: tuple[int, ...]
-    params: tuple[str, ...]
-    biases: bool
-    layers: int
-    bidirectional: bool
-    batch_first: bool
-    outputs: tuple[int, ...]  # output, h_n (, c_n)
-    unrollable: bool
-
 
 def detect(trace: Trace, index: StructureIndex) -> None:
     """The recurrent provider: one group per fused ``lstm``/``gru``/``rnn_*`` call."""
@@ -98,14 +94,35 @@ class RecurrentGroup(FacetGroup):
         return f"recurrent ({s.mode}, {s.layers} layer{'s' if s.layers > 1 else ''}{two})"
 
     def carrier(self, trace: Trace, name: str) -> Carrier | None:
-        direct = dict(zip(("output", "h_n", "c_n"), self.spec.outputs, strict=False))
-        return Carrier(direct[name]) if name in direct else None
+        found = self.carriers(trace, name)
+        return found[0] if found else None
+
+    def carriers(self, trace: Trace, name: str) -> tuple[Carrier, ...]:
+        """``output``/``h_n``/``c_n`` are edited at their own op; a per-step state or gate
+        at every output op of the fused call (an edit at step t changes them all)."""
+        outs = self.spec.outputs
+        direct = dict(zip(OUTPUTS, outs, strict=False))
+        if name in direct:
+            return (Carrier(direct[name]),)
+        if self.step_dim(name) is None:
+            return ()
+        return tuple(Carrier(ci, StepRewrite(self.spec, p)) for p, ci in enumerate(outs))
+
+    def step_dim(self, name: str) -> int | None:
+        return 3 if name in self.names() and name not in OUTPUTS else None
 
     def value(self, trace: Trace, name: str) -> Tensor:
         s = self.spec
-        direct = dict(zip(("output", "h_n", "c_n"), s.outputs, strict=False))
+        direct = dict(zip(OUTPUTS, s.outputs, strict=False))
         if name in direct:
             return payload(trace, direct[name], f"{name!r} of {s.owner.name()}")
+        for ci in s.outputs:  # a per-step edit reran the recurrence: its states, as edited
+            if rewritten(trace, ci, s.owner):
+                got = edited_value(trace, ci, s.owner, name)
+                if got is not None:
+                    return got
+        if any(rewritten(trace, ci, s.owner) for ci in s.outputs):
+            raise FacetError(edit_lost(s.owner, name, s.outputs[0]))
         tok = token(trace, self.sources())
         if self._memo is None or self._memo[0] != tok:
             self._memo = (tok, self._unroll(trace))
@@ -118,7 +135,7 @@ class RecurrentGroup(FacetGroup):
         hx = [payload(trace, ci, what) for ci in s.hx]
         with torch.no_grad():
             found = unroll(s, x, hx, [param(trace, n) for n in s.params])
-        for name, ci in zip(("output", "h_n", "c_n"), s.outputs, strict=False):
+        for name, ci in zip(OUTPUTS, s.outputs, strict=False):
             want = payload(trace, ci, what)
             if not records(trace)[ci].fired and not close(found[name], want):
                 raise FacetError(
@@ -129,63 +146,3 @@ class RecurrentGroup(FacetGroup):
         return found
 
 
-def unroll(s: RnnSpec, x: Tensor, hx: list[Tensor], params: list[Tensor]) -> dict[str, Tensor]:
-    """Run the recurrence step by step; every state and gate, and the fused outputs."""
-    dirs = 2 if s.bidirectional else 1
-    per = len(params) // (s.layers * dirs)
-    seq = x.transpose(0, 1) if s.batch_first else x  # [T, B, F]
-    steps = seq.shape[0]
-    record: dict[str, list[Tensor]] = {}
-    finals: dict[str, list[Tensor]] = {"h_n": [], "c_n": []}
-    for layer in range(s.layers):
-        outs = []
-        for d in range(dirs):
-            k = layer * dirs + d
-            w = params[k * per:(k + 1) * per]
-            w_ih, w_hh = w[0], w[1]
-            b_ih, b_hh = (w[2], w[3]) if s.biases else (None, None)
-            w_hr = w[-1] if per in (3, 5) else None
-            state = {"h": hx[0][k], "c": hx[1][k] if len(hx) > 1 else hx[0][k]}
-            pre = seq @ w_ih.t() + (b_ih if b_ih is not None else 0)
-            order = range(steps) if d == 0 else range(steps - 1, -1, -1)
-            trail: dict[str, list[Tensor | None]] = {}
-            for t in order:
-                got = _step(s.mode, pre[t], state, w_hh, b_hh, w_hr)
-                for name, val in got.items():
-                    trail.setdefault(name, [None] * steps)[t] = val
-                state = {"h": got["h"], "c": got.get("c", state["c"])}
-            for name, vals in trail.items():
-                record.setdefault(name, []).append(torch.stack(vals, dim=1))  # type: ignore[arg-type]
-            finals["h_n"].append(state["h"])
-            finals["c_n"].append(state["c"])
-            outs.append(torch.stack(trail["h"], dim=0))  # type: ignore[arg-type]
-        seq = torch.cat(outs, dim=-1)
-    found = {name: torch.stack(vals).reshape(s.layers, dirs, *vals[0].shape)
-             for name, vals in record.items()}
-    found["output"] = seq.transpose(0, 1) if s.batch_first else seq
-    found["h_n"] = torch.stack(finals["h_n"])
-    if s.mode == "lstm":
-        found["c_n"] = torch.stack(finals["c_n"])
-    return found
-
-
-def _step(mode: str, pre: Tensor, state: dict[str, Tensor], w_hh: Tensor,
-          b_hh: Tensor | None, w_hr: Tensor | None) -> dict[str, Tensor]:
-    h = state["h"]
-    rec = h @ w_hh.t() + (b_hh if b_hh is not None else 0)
-    if mode == "lstm":
-        i, f, g, o = (pre + rec).chunk(4, dim=-1)
-        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-        c = f * state["c"] + i * g
-        h = o * c.tanh()
-        if w_hr is not None:
-            h = h @ w_hr.t()
-        return {"h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
-    if mode == "gru":
-        r_i, z_i, n_i = pre.chunk(3, dim=-1)
-        r_h, z_h, n_h = rec.chunk(3, dim=-1)
-        r, z = (r_i + r_h).sigmoid(), (z_i + z_h).sigmoid()
-        n = (n_i + r * n_h).tanh()
-        return {"h": (1 - z) * n + z * h, "r": r, "z": z, "n": n}
-    act = torch.tanh if mode == "rnn_tanh" else torch.relu
-    return {"h": act(pre + rec)}

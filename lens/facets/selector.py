@@ -13,7 +13,10 @@ tl.in_module(...)`` filters carrier ops like any selector. Given to ``tl.when`` 
 ``fork().intervene``, the action edits only the facet's slice (``head``), through
 :func:`adapt_action`; the action receives that slice in the facet's documented layout,
 with the head axis kept (size 1 for ``head=3``), so ``tl.mean_ablate(over=(0, 2))`` on
-``z`` (``[batch, head, pos, d_head]``) averages over batch and position. Decided on a
+``z`` (``[batch, head, pos, d_head]``) averages over batch and position. ``step=t`` edits a
+recurrent state or gate at time step ``t`` as the recurrence runs (see :func:`facet`):
+
+    tl.facet('h', module='lstm', step=3)   # with tl.zero_ablate().at[..., 5]: unit 5 Decided on a
 finished trace (timing ``'final'``): live rules resolve it against a reference trace of
 the same model.
 """
@@ -55,6 +58,7 @@ class Facet(Selector):
     head: int | tuple[int, ...] | str | None = None  # 'each': one sweep cell per head
     module: str | None = None
     layout: str = "lens"
+    step: int | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -72,6 +76,7 @@ class Facet(Selector):
         elif head is not None and (not isinstance(head, int) or isinstance(head, bool)):
             raise SelectorError(f"tl.facet({self.name!r}, head=...) takes an int, a list "
                                 f"of ints or 'each', got {self.head!r}.")
+        object.__setattr__(self, "step", _ints(self.name, "step", self.step))
         if self.layout not in LAYOUTS:
             raise SelectorError(f"tl.facet(layout=...) is one of {LAYOUTS}, got {self.layout!r}.")
         if self.module is not None and not isinstance(self.module, str):
@@ -122,9 +127,11 @@ class Facet(Selector):
         it names, edit only the facet (the slice of ``head``); elsewhere as given."""
         nodes = facet_nodes(selector)
         plan: dict[int, tuple[Step, ...]] = {}
+        memos: dict[tuple[int, Owner], dict[str, Any]] = {}  # one per facet, shared by its carriers
         for op in found:
             ci = op.call_index
-            steps = [node.step(trace, owner, group, carrier)
+            steps = [node.make_step(trace, owner, group, carrier,
+                                    memos.setdefault((id(node), owner), {}))
                      for node in nodes for owner, group, carrier in node.sites(trace, ci)]
             if steps:
                 plan[op.call_index] = tuple(steps)
@@ -147,8 +154,14 @@ class Facet(Selector):
                         f"({group.describe()}) is rebuilt from the model's weights and "
                         f"cannot be edited; editable facets there: {', '.join(can)}.")
 
-    def step(self, trace: Trace, owner: Owner, group: FacetGroup, carrier: Carrier) -> Step:
+    def make_step(self, trace: Trace, owner: Owner, group: FacetGroup, carrier: Carrier,
+                  memo: dict[str, Any] | None = None) -> Step:
         perm = layout_perm(self.layout, group.kind, self.name)
+        if self.step is not None and group.step_dim(self.name) is None:
+            raise InterventionError(
+                f"{self!r}: facet {self.name!r} of {owner.name()} ({group.describe()}) is "
+                "not computed step by step; leave out step= (restrict the action with "
+                ".at[...] to edit part of it).")
         keys: tuple[Any, ...] = ()
         if self.head == "each":
             raise InterventionError(
@@ -164,7 +177,8 @@ class Facet(Selector):
                     "has no head dimension; leave out head=.")
             pos = perm.index(dim) if perm else dim
             keys = ((slice(None),) * pos + (_keep_axis(self.head),),)
-        return Step(owner, self.name, self.layout, keys, perm, carrier, self.head)
+        return Step(owner, self.name, self.layout, keys, perm, carrier, self.head, self.step,
+                    memo if memo is not None else {})
 
     def __repr__(self) -> str:
         parts = [repr(self.name)]
@@ -175,6 +189,8 @@ class Facet(Selector):
             parts.append(f"module={self.module!r}")
         if self.layout != "lens":
             parts.append(f"layout={self.layout!r}")
+        if self.step is not None:
+            parts.append(f"step={self.step if isinstance(self.step, int) else list(self.step)!r}")
         return f"tl.facet({', '.join(parts)})"
 
 
@@ -186,16 +202,38 @@ def _keep_axis(head: int | tuple[int, ...]) -> slice | list[int]:
     return list(head)
 
 
+def _ints(name: str, what: str, value: Any) -> Any:
+    """``value`` as an int, a non-empty tuple of ints, or None; else a SelectorError."""
+    if isinstance(value, (list, tuple, range)):
+        value = tuple(value)
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value
+    elif value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise SelectorError(f"tl.facet({name!r}, {what}=...) takes an int or a non-empty list "
+                        f"of ints, got {value!r}.")
+
+
 def facet(name: str, head: int | Sequence[int] | str | None = None,
-          module: str | None = None, layout: str = "lens") -> Facet:
+          module: str | None = None, layout: str = "lens",
+          step: int | Sequence[int] | None = None) -> Facet:
     """Select facet ``name`` (of ``head``, in module calls at or inside ``module``) for
     interventions and sweeps: ``tl.facet('z', head=3) & tl.in_module('transformer.h.0')``.
     ``module=':1'`` keeps only the model's own forward (facets outside every submodule).
     ``layout='transformer_lens'`` presents per-position facets as ``[batch, pos, head,
     d]`` to the action (as TransformerLens hooks do). In a sweep, ``head='each'`` gives
-    one cell per head (and a list, one cell per listed head)."""
+    one cell per head (and a list, one cell per listed head).
+
+    ``step=t`` (an int or a list) edits a recurrent facet (``h``, ``c``, the gates) at time
+    step ``t`` only, as the recurrence runs: later steps and layers see the edit. The action
+    is called once per step, layer and direction with that step's slice of the facet,
+    ``[layer, direction, batch, 1, hidden]`` (time axis kept), so ``.at[..., 3]`` names unit
+    3 and ``.at[0, 1, :, :, 3]`` unit 3 of layer 0's reverse direction only; without
+    ``step=`` every step is edited so. The fused op's outputs are recomputed where the edit
+    changed them and keep the fused kernel's values elsewhere."""
     keep = head is None or isinstance(head, (int, str))
-    return Facet(name, head if keep else tuple(head), module, layout)  # type: ignore[arg-type]
+    return Facet(name, head if keep else tuple(head), module, layout,  # type: ignore[arg-type]
+                 step if step is None or isinstance(step, int) else tuple(step))
 
 
 def facet_nodes(selector: Selector) -> list[Facet]:
@@ -230,8 +268,7 @@ def carriers(trace: Trace) -> dict[int, list[tuple[Owner, str, FacetGroup, Carri
         for owner in index.owners():
             for group in index.of(owner):
                 for name in group.names():
-                    c = group.carrier(trace, name)
-                    if c is not None:
+                    for c in group.carriers(trace, name):
                         table.setdefault(c.op, []).append((owner, name, group, c))
         trace.stash[_CARRIERS] = table
     return table

@@ -55,6 +55,13 @@ class Site:
             f"The inputs of {self.name()} are not available here; call the action on an "
             "op of a trace (action(value, trace_op)), or use it in tl.when / fork().")
 
+    def params(self) -> dict[str, Tensor]:
+        """The parameters the op was called with, by name (a fused ``nn.LSTM`` call takes
+        its weights as arguments)."""
+        raise InterventionError(
+            f"The parameters of {self.name()} are not available here; call the action on "
+            "an op of a trace (action(value, trace_op)), or use it in tl.when / fork().")
+
     def _no_inplace(self) -> None:
         op = self.op
         if getattr(op, "mutates", None) is not None and self.exit_call is None:
@@ -91,6 +98,18 @@ class LiveSite(Site):
             p for k, v in self.op.kwargs.items() for p in _paired(v, kwargs.get(k))]
         return [value for _, value in pairs]
 
+    def params(self) -> dict[str, Tensor]:
+        current = getattr(self.recorder, "current_inputs", None)
+        if current is None or self.exit_call is not None:
+            return super().params()
+        args, kwargs = current
+        out: dict[str, Tensor] = {}
+        for template, value in zip(self.op.args, args, strict=False):
+            out.update(_paired_params(template, value))
+        for k, template in self.op.kwargs.items():
+            out.update(_paired_params(template, kwargs.get(k)))
+        return out
+
 
 class ValueSite(Site):
     """Inputs read through ``value_of(call_index)`` (a replay's environment, or saved
@@ -112,6 +131,12 @@ class ValueSite(Site):
         for v in self.op.kwargs.values():
             refs.extend(_template_refs(v))
         return [self.value_of(r.op) for r in refs]
+
+    def params(self) -> dict[str, Tensor]:
+        trace = getattr(self.op, "trace", None)
+        if trace is None or self.exit_call is not None:
+            return super().params()
+        return dict(trace.param_values)
 
 
 def trace_site(op: Any, full: Tensor) -> Site:
@@ -196,6 +221,15 @@ def _template_refs(template: Any) -> Iterator[Ref]:
     elif type(template) in (tuple, list):
         for x in template:
             yield from _template_refs(x)
+
+
+def _paired_params(template: Any, actual: Any) -> Iterator[tuple[str, Tensor]]:
+    """(name, live tensor) for each parameter in an argument, walking its template."""
+    if isinstance(template, ParamRef):
+        yield template.name, actual
+    elif type(template) in (tuple, list) and isinstance(actual, (tuple, list)):
+        for t, a in zip(template, actual, strict=False):
+            yield from _paired_params(t, a)
 
 
 def _paired(template: Any, actual: Any) -> Iterator[tuple[Ref, Tensor]]:

@@ -265,11 +265,14 @@ def test_a_fork_shows_the_facets_it_edited():
         live.modules[at].facets["pattern"]
 
 
-def test_rebuilt_facets_say_they_cannot_be_edited_and_root_sites_work():
+def test_rebuilt_recurrent_states_are_edited_and_root_sites_work():
     model, args, _ = build(get("lstm"))
     trace = tl.trace(model, *args, intervention_ready=True)
-    with pytest.raises(tl.InterventionError, match="editable facets there: output, h_n, c_n"):
-        trace.fork().intervene(facet("c", module="lstm"), tl.zero_ablate())
+    fork = trace.fork().intervene(facet("c", module="lstm"), tl.zero_ablate()).replay()
+    f = fork.modules["lstm"].facets  # c = 0 at every step makes h = o * tanh(0) = 0
+    assert torch.equal(f["output"], torch.zeros_like(f["output"]))
+    assert torch.equal(f["c_n"], torch.zeros_like(f["c_n"]))
+    assert not torch.equal(trace.modules["lstm"].facets["output"], f["output"])
     model, args, _ = build(get("custom_attention"))
     trace = tl.trace(model, *args, intervention_ready=True)
     site = trace.facets.site("pattern", head=0)
