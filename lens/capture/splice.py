@@ -46,8 +46,11 @@ def recording_module(rec: Any, module: Any, address: str,
                     raise InterventionError(
                         f"Cannot splice {type(module).__name__} at {address!r}: its module "
                         f"{sub or '(root)'} ({type(m).__name__}) is already recorded as "
-                        f"{rec.module_names[id(m)]!r} (it is part of the model, or spliced "
-                        "twice at once). Splice a copy (copy.deepcopy(module)).")
+                        f"{rec.module_names[id(m)]!r}: it is part of the model (splice a "
+                        "copy, copy.deepcopy(module)), or the rule's selector also matches "
+                        "ops inside the spliced module, which would splice it into itself "
+                        "(narrow the selector, e.g. with tl.module(...) or ~tl.in_module("
+                        "'splice...')).")
                 where = f"{address}.{sub}" if sub else address
                 rec.module_names[id(m)] = where
                 names.append(id(m))
