@@ -235,3 +235,18 @@ def test_nothing_is_left_on_the_model_or_the_sae_also_after_an_error() -> None:
     with pytest.raises(InterventionError, match="already recorded"):
         tl.run(model, x, intervene=tl.when(tl.func("relu"), tl.splice_module(
             FunctionalSAE(8), name="m")))
+
+
+def test_the_readme_splicing_example_runs(gpt2: Any) -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("### Splicing a sparse autoencoder", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    model, ids, _ = gpt2
+    scope: dict[str, Any] = {"tl": tl, "nn": nn, "torch": torch, "model": model, "ids": ids}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["latents"].shape == (*ids.shape, 128)
+    live = tl.run(model, ids, intervene=[scope["splice"], tl.when(
+        "splice.transformer.h.0.relu", tl.zero_ablate().at[..., 7])])
+    assert torch.equal(scope["ablated"].output.logits, live.logits)
