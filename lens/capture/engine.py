@@ -457,6 +457,9 @@ class Recorder(TorchFunctionMode):
                     out.copy_(new)
                     hit = self.tensor_map[id(out)]
                     self.tensor_map[id(out)] = (*hit[:3], storage.version(out))
+                elif self.recorded_after(new, op.call_index):
+                    out = new  # a spliced module's output: consumers read its own op
+                    continue
                 else:
                     out = new
                     self.tensor_map[id(out)] = (op.call_index, weakref.ref(out),
@@ -609,6 +612,8 @@ class Recorder(TorchFunctionMode):
         if new is value:
             return
         replaced[path] = new
+        if self.recorded_after(new, rec.call_index):
+            return  # a spliced module's output: consumers read its own op
         self.tensor_map[id(new)] = (rec.call_index, weakref.ref(new), Ref(rec.call_index),
                                     storage.version(new))
         if rec._saved:
@@ -616,6 +621,13 @@ class Recorder(TorchFunctionMode):
         elif rec.call_index in self.pending:
             self._hold(rec.call_index, new)
         self.store.kept(rec.call_index)
+
+    def recorded_after(self, t: Tensor, idx: int) -> bool:
+        """Whether ``t`` is the output of an op recorded after op ``idx``: a replacement an
+        interceptor computed with recording on (a spliced module), which keeps its own
+        record instead of becoming a new value of op ``idx``."""
+        hit = self.tensor_map.get(id(t))
+        return hit is not None and hit[0] > idx and hit[1]() is t
 
     @contextmanager
     def attached(self) -> Iterator[Recorder]:

@@ -9,17 +9,18 @@ replays and reruns draw the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ArgumentTypeError, InterventionError, expect
 from ..tracing import Trace
 from ._base import Action, Path, call_user, cut, fmt_tensor, like
 from ._sites import Site, same_site
+from ._splice import SpliceModule as SpliceModule
+from ._splice import splice_module as splice_module
 
 
 def _is_trace(obj: Any) -> bool:
@@ -397,28 +398,3 @@ def replace_with(value: Any) -> ReplaceWith:
         expect(value, (*_NUMBER, complex, Tensor), "tl.replace_with",
                "a number, a tensor, or a function fn(value, op) -> tensor")
     return ReplaceWith(value)
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class SpliceModule(Action):
-    module: Callable[..., Tensor]
-
-    def edit(self, value: Tensor, site: Site, path: Path = ()) -> Tensor:
-        out = self.module(*site.inputs())
-        if path and isinstance(out, Tensor) and out.shape == site.full.shape:
-            out = cut(out, path)
-        return out
-
-    def __repr__(self) -> str:
-        m = self.module
-        name = type(m).__name__ if isinstance(m, nn.Module) else getattr(m, "__qualname__", m)
-        return f"tl.splice_module({name})"
-
-
-def splice_module(module: Callable[..., Tensor]) -> SpliceModule:
-    """Replace the value with ``module(*inputs)``: the op's activation inputs (parameters
-    left out), or at a module site (``tl.module(...)``) the module call's inputs."""
-    if not callable(module):
-        raise ArgumentTypeError(f"tl.splice_module takes a module or function to run on the "
-                                f"site's inputs; got {type(module).__name__}.")
-    return SpliceModule(module)

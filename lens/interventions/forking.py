@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..capture.records import IDENTITY, OP, OpRecord, RecordTable
+from ..capture.records import CONSTANT, IDENTITY, OP, OpRecord, RecordTable
 from ..capture.stash import Stash
 from ..errors import InterventionError, PayloadError
 from ..replay.interpreter import tensors_equal
@@ -32,6 +32,7 @@ from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, preserved_rng, records
 from ._replay import ForkInterpreter, output_structure, refuse_severing_edits
 from ._sites import ValueSite, describe
+from ._splice import check_error_sources
 from .rules import TARGETS, InterventionWarning, LiveRule, When
 
 _INF = float("inf")
@@ -122,6 +123,9 @@ class Fork(Trace):
             for op in src.ops[first:]:
                 ci = op.call_index
                 steps = plan.get(ci)
+                if op.kind == CONSTANT:
+                    check_error_sources(op, functools.partial(interp.changed_for,
+                                                              consumer=ci, base=base))
                 if any(interp.changed_for(p, ci, base) for p in op.parent_idx):
                     value = interp.run_op(op)
                     if steps is None:

@@ -9,6 +9,7 @@ from ..capture.args import check_input_kwargs
 from ..capture.model_index import ModelIndex
 from ..capture.sparse import module_map
 from ..errors import CaptureError
+from ..tracing.api import added_modules
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -30,7 +31,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         return model(*args, **kwargs)
     top = hooked_module(model)
     modules = module_map(top) if top is not None else {}
-    addresses = set(modules)
+    addresses = set(modules) | added_modules(intervene, set(modules))
     context = {"model": model, "args": args, "kwargs": kwargs,
                "module_addresses": addresses}
     specs = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]

@@ -30,10 +30,11 @@ from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
 from ..errors import InterventionError, expect
 from ..selectors import Label, LabelContains, Selector, coerce
-from ._base import Action, checked
+from ._base import Action, Restricted, checked
 from ._base import action as as_action
 from ._match import CallOrderMatcher, adapt, records, reference_pass, resolve
 from ._sites import LiveSite, describe
+from ._splice import SpliceModule
 
 LIVE, EXIT, TARGETS = "live", "module_exit", "targets"
 
@@ -64,6 +65,16 @@ class When:
         sel = self.selector(module_addresses)
         sel.validate(module_addresses=module_addresses, labels=labels)
         check_names(sel, module_addresses)
+
+    def added_modules(self, module_addresses: Any) -> set[str]:
+        """Addresses this rule's action records modules under (a spliced module's), so
+        other selectors of the run may name them."""
+        act = self.action
+        while isinstance(act, Restricted):
+            act = act.action
+        if isinstance(act, SpliceModule):
+            return act.addresses(self.site, module_addresses)
+        return set()
 
     def bind(self, context: dict[str, Any]) -> LiveRule:
         """The interceptor for one run. ``context`` holds model, args, kwargs and

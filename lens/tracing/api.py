@@ -108,7 +108,7 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
                 "every payload whole (replay reads them). Drop one of the two.")
         payload = SlicedPayload(save_at, detach, device, dtype)
     index = ModelIndex(hooked_module(model))
-    addresses = index.addresses
+    addresses = index.addresses | added_modules(intervene, index.addresses)
     payloads = _payload_policy(lookback_payload_policy)
     save_sel, policy = _policy(save, addresses, lookback, intervention_ready, payloads)
     halt_fn = halt_predicate(halt, addresses) if halt is not None else None
@@ -223,6 +223,17 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
     if intervention_ready:
         return sel, SaveAll()
     return sel, SelectorPolicy(sel, lookback or 0, payloads)
+
+
+def added_modules(intervene: Any, addresses: set[str]) -> set[str]:
+    """Addresses the rules record modules under besides the model's (spliced modules)."""
+    rules = intervene if isinstance(intervene, (list, tuple)) else [intervene]
+    found: set[str] = set()
+    for r in rules:
+        add = getattr(r, "added_modules", None)
+        if add is not None:
+            found |= add(addresses)
+    return found
 
 
 def _interceptors(intervene: Any, addresses: set[str],

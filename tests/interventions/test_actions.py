@@ -169,7 +169,7 @@ def test_trace_ops_give_actions_their_context() -> None:
     x = torch.randn(5, 3)
     tr = tl.trace(model, x)
     op = tr["0"]  # the first Linear's output op
-    spliced = li.splice_module(model[0])(op.out, op)
+    spliced = li.splice_module(model[0], on="inputs")(op.out, op)
     assert torch.equal(spliced, model[0](x))  # run on the op's activation input
     other = tl.trace(model, x + 1)
     assert torch.equal(li.patch_from(other)(op.out, op), other["0"].out)

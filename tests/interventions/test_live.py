@@ -202,10 +202,11 @@ def test_splice_module_runs_the_replacement_on_the_inputs() -> None:
     other = nn.Linear(4, 4)
     expected = run_with_hook(model, (x,), {}, "seq.0", lambda v: other(torch.relu(
         model.inner.fc(x)) + model.inner.fc(x).relu() * 2))
-    assert torch.equal(li.run(model, x, intervene=li.when("seq.0", li.splice_module(other))),
-                       expected)
+    replace = li.when("seq.0", li.splice_module(other, on="inputs"))
+    assert torch.equal(li.run(model, x, intervene=replace), expected)
     # at a function site: the op's activation inputs (the linear's x, not its weights)
-    tr = tl.trace(model, x, intervene=li.when(tl.func("tanh"), li.splice_module(torch.sigmoid)))
+    tr = tl.trace(model, x, intervene=li.when(tl.func("tanh"),
+                                              li.splice_module(torch.sigmoid, on="inputs")))
     h = model.seq[0](torch.relu(model.inner.fc(x)) + model.inner.fc(x).relu() * 2)
     assert torch.equal(tr.output, model.out(torch.sigmoid(h)))
 

@@ -177,7 +177,7 @@ def test_splice_module_equals_a_hook_running_the_replacement(case: Any) -> None:
         handle.remove()
     torch.manual_seed(0)
     out = li.run(model, *args, input_kwargs=kwargs,
-                 intervene=li.when(call.key, li.splice_module(torch.tanh)))
+                 intervene=li.when(call.key, li.splice_module(torch.tanh, on="inputs")))
     assert same(out, expected)
-    f = src.fork().intervene(call.key, li.splice_module(torch.tanh)).replay()
+    f = src.fork().intervene(call.key, li.splice_module(torch.tanh, on="inputs")).replay()
     assert same(f.output, expected)
