@@ -17,6 +17,7 @@ from .errors import (
     ArgumentTypeError,
     CaptureError,
     DrawError,
+    FacetError,
     InterventionError,
     LensError,
     LoadError,
@@ -29,7 +30,6 @@ from .errors import (
     SelectorError,
 )
 from .facets import Facets, FacetView, facet, find_facets
-from .facets._graph import FacetError
 from .interventions import (
     Action,
     Fork,

@@ -76,6 +76,27 @@ class DrawError(LensError, ValueError):
     """A graph could not be drawn: bad drawing options, or Graphviz failed or timed out."""
 
 
+class GraphMismatchError(LensError, ValueError):
+    """Bundle members are traces of different graphs."""
+
+
+class FacetError(LensError, RuntimeError):
+    """A facet could not be reconstructed: the values lens recomputed from the recorded
+    inputs do not reproduce what the model computed (an option lens does not model)."""
+
+
+class InterventionWarning(UserWarning):
+    """A rule given ``strict=False`` matched no op."""
+
+
+class SpecMismatchError(LensError, ValueError):
+    """The output directory holds results of a different sweep."""
+
+
+class FolderBusyError(LensError, RuntimeError):
+    """Another live process (or another run in this one) is writing into this folder."""
+
+
 def close_matches(word: str, candidates: object, n: int = 5) -> list[str]:
     """The candidates closest to ``word``, for "did you mean" hints in error messages."""
     import difflib

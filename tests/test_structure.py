@@ -250,3 +250,18 @@ def test_no_module_is_shadowed_by_a_name_its_package_exports():
 
     walk(lens)
     assert not shadowed, shadowed
+
+
+def test_exceptions_and_warnings_are_defined_in_errors_only():
+    """One place lists everything lens raises or warns (``lens.errors``); rooms import
+    their exceptions from there. (``Halt`` is the engine's private control flow.)"""
+    found = []
+    for path, room, tree in _files():
+        if room == "errors":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(b, ast.Name) and b.id.endswith(("Error", "Warning", "Exception"))
+                    for b in node.bases):
+                found.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert found == ["capture/engine.py:Halt"], found

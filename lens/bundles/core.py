@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArgumentTypeError, LensError, LookupKeyError, expect
+from ..errors import ArgumentTypeError, GraphMismatchError, LensError, LookupKeyError, expect
 from ..selectors import Selector, coerce, everything
 from ..tracing import Op, Trace
 from .metrics import CHANGE, resolve
@@ -13,10 +13,6 @@ from .metrics import CHANGE, resolve
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
-
-
-class GraphMismatchError(LensError, ValueError):
-    """Bundle members are traces of different graphs."""
 
 
 class Bundle:

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ArgumentTypeError, LookupKeyError, close_matches, expect
+from ..errors import ArgumentTypeError, FacetError, LookupKeyError, close_matches, expect
 from ..tracing import Trace
 from ._edits import FacetEdit, FacetSite
-from ._graph import FacetError
 from ._mapping import Facets, facets_for, facets_of
 from ._providers import PROVIDERS, known_names, structure
 from ._registry import Carrier, FacetGroup, Owner, Provider

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ._graph import FacetError, close, heads_changed, max_error, param, payload, records
+from ..errors import FacetError
+from ._graph import close, heads_changed, max_error, param, payload, records
 from ._registry import Carrier, FacetGroup, edit_lost, edited_value, rewritten
 from .attention import AttentionSpec, Fused, Projection
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
-from ..errors import LensError, PayloadError
+from ..errors import PayloadError
 
 if TYPE_CHECKING:
     from ..tracing import Trace
@@ -28,11 +28,6 @@ RESHAPES = frozenset({
 DTYPE_ONLY = frozenset({"to", "type", "float", "half", "bfloat16", "double", "detach"})
 MATMULS = frozenset({"matmul", "__matmul__", "bmm"})
 ADDS = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__"})
-
-
-class FacetError(LensError, RuntimeError):
-    """A facet could not be reconstructed: the values lens recomputed from the recorded
-    inputs do not reproduce what the model computed (an option lens does not model)."""
 
 
 def records(trace: Trace) -> Sequence[Any]:

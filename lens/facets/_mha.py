@@ -18,16 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
-from ._graph import (
-    FacetError,
-    close,
-    max_error,
-    param,
-    payload,
-    records,
-    template_slots,
-    token,
-)
+from ..errors import FacetError
+from ._graph import close, max_error, param, payload, records, template_slots, token
 from ._registry import (
     Carrier,
     FacetGroup,

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..capture.records import ParamRef
-from ._graph import FacetError, close, max_error, param, payload, records, ref, token
+from ..errors import FacetError
+from ._graph import close, max_error, param, payload, records, ref, token
 from ._registry import (
     Carrier,
     FacetGroup,

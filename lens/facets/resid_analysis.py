@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 
 from ..capture.records import Ref
-from ..errors import ArgumentTypeError, LookupKeyError, expect
-from ._graph import FacetError, close, max_error, param, payload, records
+from ..errors import ArgumentTypeError, FacetError, LookupKeyError, expect
+from ._graph import close, max_error, param, payload, records
 from ._resid_graph import Layout, Norm, Unembed, label, layout
 
 if TYPE_CHECKING:

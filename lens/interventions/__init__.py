@@ -10,6 +10,7 @@ Actions are immutable values; ``action.at[...]`` restricts one to an index of th
 
 from __future__ import annotations
 
+from ..errors import InterventionWarning
 from ._base import Action, FnAction, Restricted, action
 from .actions import (
     clamp,
@@ -28,7 +29,7 @@ from .actions import (
 )
 from .forking import Edit, Fork, find_sites, fork
 from .live import run
-from .rules import InterventionWarning, LiveRule, When, when
+from .rules import LiveRule, When, when
 
 __all__ = [
     "Action",

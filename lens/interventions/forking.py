@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..capture.records import CONSTANT, IDENTITY, OP, OpRecord, RecordTable
 from ..capture.stash import Stash
-from ..errors import InterventionError, PayloadError
+from ..errors import InterventionError, InterventionWarning, PayloadError
 from ..replay.interpreter import tensors_equal
 from ..selectors import Selector, coerce, split_call
 from ..tracing import Layer, Op, OpGroup, Trace
@@ -33,7 +33,7 @@ from ._match import CallOrderMatcher, adapt, preserved_rng, records
 from ._replay import ForkInterpreter, output_structure, refuse_severing_edits
 from ._sites import ValueSite, describe
 from ._splice import check_error_sources
-from .rules import TARGETS, InterventionWarning, LiveRule, When
+from .rules import TARGETS, LiveRule, When
 
 _INF = float("inf")
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
-from ..errors import InterventionError, expect
+from ..errors import InterventionError, InterventionWarning, expect
 from ..selectors import Label, LabelContains, Selector, coerce
 from ._base import Action, Restricted, checked
 from ._base import action as as_action
@@ -43,10 +43,6 @@ def check_labels(ref: Any, sel: Selector) -> None:
     """Raise SelectorError (with close matches) if ``sel`` names a label ``ref`` lacks."""
     if any(isinstance(node, (Label, LabelContains)) for node in sel.walk()):
         sel.validate(labels=ref.keys())
-
-
-class InterventionWarning(UserWarning):
-    """A rule given ``strict=False`` matched no op."""
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -13,13 +13,9 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import LensError
+from ..errors import FolderBusyError
 
 LOCK_FILE = ".lens.lock"
-
-
-class FolderBusyError(LensError, RuntimeError):
-    """Another live process (or another run in this one) is writing into this folder."""
 
 
 class FolderLock:

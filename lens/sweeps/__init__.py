@@ -3,7 +3,7 @@
 Use as ``tl.sweep.patching(...)``. Executors: local (default) or ``tl.RayExecutor(...)``.
 """
 
-from ..io._lock import FolderBusyError
+from ..errors import FolderBusyError, SpecMismatchError
 from .api import ablation, patching, run_sweep
 from .attribution import attribution_patching
 from .executors import Executor, Job, LocalExecutor
@@ -11,7 +11,7 @@ from .ray_executor import RayExecutor
 from .result import SweepResult
 from .runner import Cell, SweepRunner
 from .spec import SweepSpec
-from .store import ResultStore, SpecMismatchError
+from .store import ResultStore
 
 __all__ = [
     "Cell", "Executor", "FolderBusyError", "Job", "LocalExecutor", "RayExecutor", "ResultStore",

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import LensError, LoadError
+from ..errors import LensError, LoadError, SpecMismatchError
 from ..io._safe import loads_json, read_regular
 from .spec import CODE_KEYS
 
@@ -31,10 +31,6 @@ ROWS_FILE = "rows.jsonl"
 MAX_SPEC_BYTES = 16 * 2**20
 Resume = bool | Literal["force"]
 log = logging.getLogger("lens.sweeps")
-
-
-class SpecMismatchError(LensError, ValueError):
-    """The output directory holds results of a different sweep."""
 
 
 class ResultStore:
