@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import funcs, modes, rng, storage
 from .frames import user_stack
+from .interceptors import Interceptor
 from .model_index import ModelIndex
 from .records import (
     BUFFER,
@@ -37,26 +38,6 @@ from .records import (
 )
 from .template import rebuild as _rebuild
 from .template import tensor_leaves as _tensor_leaves
-
-
-class Interceptor(Protocol):
-    """The extension point: sees each op's output tensor and returns it or a replacement.
-
-    Live interventions plug in here. ``op`` is the record just written (its ``payload`` is
-    not yet set when the policy has not saved it). A replacement of an in-place op's
-    output is written into the mutated tensor (the model keeps using that object).
-
-    Optional, looked up once per recorder (duck-typed, so plain callables qualify):
-
-    - ``attach(recorder)``: called when the recorder is created; ``recorder.current_inputs``
-      then holds the ``(args, kwargs)`` of the call being intercepted (the op's call, or
-      the module call at its exit).
-    - ``on_module_output(op, value) -> value``: called at each module exit for every
-      tensor the module returns (``op.output_of[-1]`` is the exiting call); a replacement
-      becomes the module's output, as a forward hook's return value would.
-    """
-
-    def __call__(self, op: OpRecord, value: Tensor) -> Tensor: ...
 
 
 class SavePolicy(Protocol):
@@ -134,13 +115,10 @@ class Recorder(TorchFunctionMode):
         self._save_none = isinstance(self.policy, SaveNone)
         self.interceptors = interceptors
         # --- interception extras (see Interceptor): module-exit hooks, live call inputs
-        self._exit_hooks = tuple(h.on_module_output for h in interceptors
-                                 if hasattr(h, "on_module_output"))
+        self._exit_hooks = tuple(h.on_module_output for h in interceptors if h.exits_modules)
         self.current_inputs: tuple[Any, dict[str, Any]] | None = None
         for h in interceptors:
-            attach = getattr(h, "attach", None)
-            if attach is not None:
-                attach(self)
+            h.attach(self)
         # --- end interception extras
         self.halt = halt
         self.payload = payload or PayloadOptions()

@@ -6,10 +6,9 @@ from typing import Any
 
 from ..capture import Recorder, SaveNone, check_model, hooked_module, run_forward
 from ..capture.args import check_input_kwargs
+from ..capture.interceptors import added_modules, bind_rules, rules_of, validate_rules
 from ..capture.model_index import ModelIndex
 from ..capture.sparse import module_map
-from ..errors import CaptureError
-from ..tracing.api import added_modules
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -34,28 +33,15 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     addresses = set(modules) | added_modules(intervene, set(modules))
     context = {"model": model, "args": args, "kwargs": kwargs,
                "module_addresses": addresses}
-    specs = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]
-    for r in specs:
-        if not callable(r):
-            raise CaptureError(
-                f"intervene= takes tl.when(selector, action) rules; got {type(r).__name__}.")
-        check = getattr(r, "validate", None)
-        if check is not None:
-            check(module_addresses=addresses)
+    specs = rules_of(intervene)
+    validate_rules(specs, addresses)
     plan = hook_plan(specs, addresses) if top is not None and top is model else None
     if plan is not None:  # every rule decided at module exits: hooks, no function mode
         return run_on_hooks(model, plan, args, kwargs, modules)
-    rules = []
-    for r in specs:
-        bind = getattr(r, "bind", None)
-        rules.append(bind(context) if bind is not None else r)
-    index = ModelIndex(top)
-    rec = Recorder(top,
-                   policy=SaveNone(), interceptors=tuple(rules), index=index)
+    rules = bind_rules(specs, context)
+    rec = Recorder(top, policy=SaveNone(), interceptors=rules, index=ModelIndex(top))
     output = run_forward(model, rec, args, kwargs)
     rec.finish()
     for r in rules:
-        close = getattr(r, "close", None)
-        if close is not None:
-            close(None)
+        r.close(None)
     return output

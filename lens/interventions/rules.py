@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..capture.interceptors import Interceptor
 from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
 from ..errors import InterventionError, InterventionWarning, expect
@@ -144,8 +145,10 @@ def when(selector: Any, action: Any, *, strict: bool = True, reference: Any = No
     return When(selector, as_action(action), strict, reference)
 
 
-class LiveRule:
+class LiveRule(Interceptor):
     """A rule bound to one run: the capture engine's interceptor (see module doc)."""
+
+    exits_modules = True
 
     def __init__(self, spec: Any, selector: Selector | None, mode: str,
                  targets: dict[int, str | None] | None = None,

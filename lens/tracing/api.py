@@ -21,6 +21,13 @@ from ..capture import (
     run_forward,
 )
 from ..capture.args import check_input_kwargs, check_options
+from ..capture.interceptors import (
+    Interceptor,
+    added_modules,
+    bind_rules,
+    rules_of,
+    validate_rules,
+)
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import PAYLOAD_POLICIES, PayloadPolicy, SelectorPolicy, halt_predicate
@@ -83,9 +90,7 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                                          sliced_payloads=save_at is not None)
     check_labels(result, save_sel)
     for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
-        close = getattr(r, "close", None)
-        if close is not None:
-            close(result)
+        r.close(result)
     return result
 
 
@@ -225,35 +230,12 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
     return sel, SelectorPolicy(sel, lookback or 0, payloads)
 
 
-def added_modules(intervene: Any, addresses: set[str]) -> set[str]:
-    """Addresses the rules record modules under besides the model's (spliced modules)."""
-    rules = intervene if isinstance(intervene, (list, tuple)) else [intervene]
-    found: set[str] = set()
-    for r in rules:
-        add = getattr(r, "added_modules", None)
-        if add is not None:
-            found |= add(addresses)
-    return found
-
-
 def _interceptors(intervene: Any, addresses: set[str],
-                  context: dict[str, Any] | None = None) -> tuple[Any, ...]:
-    """Validate rules, then ``bind`` each to this run (``context``: model, args, kwargs,
-    module_addresses; shared by the rules of one call, e.g. for one reference pre-pass)."""
-    if intervene is None:
-        return ()
-    rules = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]
-    bound = []
-    for r in rules:
-        if not callable(r):
-            raise CaptureError(
-                f"intervene= takes tl.when(selector, action) rules; got {type(r).__name__}.")
-        check = getattr(r, "validate", None)
-        if check is not None:
-            check(module_addresses=addresses)
-        bind = getattr(r, "bind", None)
-        bound.append(bind(context if context is not None else {}) if bind is not None else r)
-    return tuple(bound)
+                  context: dict[str, Any]) -> tuple[Interceptor, ...]:
+    """Validate the rules of ``intervene=`` against the model, then bind them to this run."""
+    rules = rules_of(intervene)
+    validate_rules(rules, addresses)
+    return bind_rules(rules, context)
 
 
 def _model_name(model: Any) -> str:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from ..capture.interceptors import Interceptor
 from ..capture.known import check_names
 from ..capture.policy import SelectorPolicy
 from ..capture.records import INPUT, OUTPUT, OpRecord
@@ -76,7 +77,7 @@ def _no_trace() -> None:
 _NO_TRACE: Any = _no_trace
 
 
-class GradCapture:
+class GradCapture(Interceptor):
     """Interceptor that stores gradients of matching ops in ``op.grad`` (see module doc)."""
 
     def __init__(self, spec: Any = True, module_addresses: Collection[str] | None = None

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import lens as tl
+from lens.capture import Interceptor
 
 
 class _Mixed(nn.Module):
@@ -55,7 +56,7 @@ def test_detached_raw_saves_exactly_the_convs_followed_by_relu():
         == ["c1", "c3"]
 
 
-class _PendingProbe:
+class _PendingProbe(Interceptor):
     """An interceptor that records how many undecided payloads the recorder holds."""
 
     def __init__(self) -> None:
