@@ -17,6 +17,8 @@ carrier ops (the ops its edits apply at, :class:`~lens.facets._registry.Carrier`
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,10 +35,13 @@ if TYPE_CHECKING:
 _BACKWARD_RAN = StashKey[set[int]]("grads.hooked")  # set by trace.log_backward
 
 
-def facet_grad(trace: Trace, group: FacetGroup, name: str) -> Tensor:
-    """The gradient of the loss with respect to facet ``name`` of ``group``."""
+def facet_grad(trace: Trace, group: FacetGroup, name: str,
+               grad_of: Callable[[int], Tensor | None] | None = None) -> Tensor:
+    """The gradient of the loss with respect to facet ``name`` of ``group``, from the
+    gradients of its carrier ops: ``op.grad`` (``log_backward``), or ``grad_of(call
+    index)`` (gradients taken another way; None: no gradient reached that op)."""
     what = f"facet {name!r} of {group.owner.name()}"
-    if trace.options.save_grads in (False, None):
+    if grad_of is None and trace.options.save_grads in (False, None):
         raise PayloadError(
             f"The gradient of {what} is read from the gradients of the ops it comes from, "
             "and this trace was captured without gradient capture. Capture with "
@@ -47,11 +52,15 @@ def facet_grad(trace: Trace, group: FacetGroup, name: str) -> Tensor:
             f"{what} has no gradient: lens cannot rebuild it as a function of an op's "
             "output (it cannot be edited either, e.g. a fused attention call with dropout "
             "in training mode).")
-    grads = [getattr(records(trace)[c.op], "grad", None) for c in carriers]
+    stored = grad_of is None
+    read = functools.partial(_stored, trace) if grad_of is None else grad_of
+    grads = [read(c.op) for c in carriers]
     if all(g is None for g in grads):
-        return _no_grad(trace, group, name, carriers[0].op, what)
+        if stored:
+            return _no_grad(trace, group, name, carriers[0].op, what)
+        return torch.zeros_like(group.value(trace, name))
     if getattr(carriers[0].rewrite, "stepwise", False):
-        return _through_recurrence(trace, group, name, carriers)
+        return _through_recurrence(trace, group, name, carriers, grads)
     total: Tensor | None = None
     for c, g in zip(carriers, grads, strict=True):
         if g is None:
@@ -60,6 +69,10 @@ def facet_grad(trace: Trace, group: FacetGroup, name: str) -> Tensor:
         total = part if total is None else total + part
     assert total is not None
     return total
+
+
+def _stored(trace: Trace, ci: int) -> Tensor | None:
+    return getattr(records(trace)[ci], "grad", None)
 
 
 def _no_grad(trace: Trace, group: FacetGroup, name: str, ci: int, what: str) -> Tensor:
@@ -105,7 +118,7 @@ def _through_rewrite(trace: Trace, c: Carrier, name: str, g: Tensor) -> Tensor:
 
 
 def _through_recurrence(trace: Trace, group: FacetGroup, name: str,
-                        carriers: tuple[Carrier, ...]) -> Tensor:
+                        carriers: tuple[Carrier, ...], grads: list[Tensor | None]) -> Tensor:
     """Rerun the recurrence with a zero added to ``name`` at every step, and
     backpropagate the fused outputs' gradients to those zeros."""
     from ._rnn_math import unroll
@@ -126,8 +139,7 @@ def _through_recurrence(trace: Trace, group: FacetGroup, name: str,
     with torch.enable_grad():
         found = unroll(spec, x, hx, weights, hook)
         outs, grads = [], []
-        for part, c in zip(("output", "h_n", "c_n"), carriers, strict=False):
-            g = getattr(records(trace)[c.op], "grad", None)
+        for part, g in zip(("output", "h_n", "c_n"), grads, strict=False):
             if g is not None:
                 outs.append(found[part])
                 grads.append(g.to(found[part].dtype))
