@@ -138,13 +138,13 @@ def _through_recurrence(trace: Trace, group: FacetGroup, name: str,
 
     with torch.enable_grad():
         found = unroll(spec, x, hx, weights, hook)
-        outs, grads = [], []
+        outs, back = [], []
         for part, g in zip(("output", "h_n", "c_n"), grads, strict=False):
             if g is not None:
                 outs.append(found[part])
-                grads.append(g.to(found[part].dtype))
+                back.append(g.to(found[part].dtype))
         keys = list(zeros)
-        got = torch.autograd.grad(outs, [zeros[k] for k in keys], grads, allow_unused=True)
+        got = torch.autograd.grad(outs, [zeros[k] for k in keys], back, allow_unused=True)
     out = torch.zeros_like(found[name].detach())
     for (layer, direction, t), gt in zip(keys, got, strict=True):
         if gt is not None:

@@ -153,3 +153,23 @@ def test_grad_errors_say_what_to_do():
         trace.modules["transformer.h.0.attn"].facets.grad("z")
     with pytest.raises(KeyError, match="no facet 'zz'"):
         trace.modules["transformer.h.0.attn"].facets.grad("zz")
+
+
+def test_readme_example_runs_and_matches():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    code = text.split("## Gradients of facets", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0]
+    (fused, eager), ids = pair("gpt2")
+
+    def metric(logits):
+        return (logits * _weights(logits)).sum()
+
+    scope = {"tl": tl, "model": fused, "ids": ids, "metric": metric,
+             "clean_ids": torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(9))}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    want = _gpt2_truth(eager, ids)
+    assert torch.allclose(scope["g_z"], want["z"], atol=1e-6)
+    assert torch.allclose(scope["g_pattern"], want["pattern"], atol=1e-6)
+    assert [r["head"] for r in scope["res"].rows] == [0, 1, 2, 3]
