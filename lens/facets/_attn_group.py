@@ -273,10 +273,28 @@ class FusedRewrite:
 
     def apply(self, value: Tensor, inputs: list[Tensor], name: str, fn: Edit
               ) -> tuple[Tensor, dict[str, Tensor]]:
+        z, changed, stages = self._run(inputs, name, fn, full=False)
+        if z is None:
+            return value, stages
+        out = value.clone()
+        out[:, changed] = z.to(value.dtype)[:, changed]
+        return out, stages
+
+    def recompute(self, value: Tensor, inputs: list[Tensor], name: str, fn: Edit) -> Tensor:
+        """The call's output recomputed from the facet ``fn`` returns, every head (for
+        gradients: lens.facets._grads)."""
+        z = self._run(inputs, name, fn, full=True)[0]
+        assert z is not None
+        return z.to(value.dtype)
+
+    def _run(self, inputs: list[Tensor], name: str, fn: Edit, full: bool
+             ) -> tuple[Tensor | None, Tensor, dict[str, Tensor]]:
+        """``pattern @ v`` with the facet edited (None when no head changed, unless
+        ``full``), which heads changed, and the stages."""
         named = dict(zip(self.fused.slots, inputs, strict=False))
         q, k, v = named["query"], named["key"], named["value"]
         k, v = _repeat(k, self.heads), _repeat(v, self.heads)
-        changed = torch.zeros(self.heads, dtype=torch.bool, device=value.device)
+        changed = torch.zeros(self.heads, dtype=torch.bool, device=q.device)
         if name == "k_expanded":
             k, changed = _stage(k, fn)
         if name == "v_expanded":
@@ -288,12 +306,9 @@ class FusedRewrite:
         if name == "pattern":
             pattern, changed = _stage(pattern, fn)
         stages = {"k_expanded": k, "v_expanded": v, "scores": scores, "pattern": pattern}
-        if not bool(changed.any()):
-            return value, stages
-        z = (pattern @ v.to(pattern.dtype)).to(value.dtype)
-        out = value.clone()
-        out[:, changed] = z[:, changed]
-        return out, stages
+        if not full and not bool(changed.any()):
+            return None, changed, stages
+        return pattern @ v.to(pattern.dtype), changed, stages
 
 
 def _stage(old: Tensor, fn: Edit) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,9 @@ class Facets(Mapping[str, Tensor]):
     ``facets.kinds`` lists the structures found (``'attention'``, ``'recurrent'``,
     ``'residual'``), ``facets.info`` what was read from the graph (head counts, ...), and
     ``facets.site(name, head=...)`` the selector that edits a facet
-    (``trace.fork().intervene(facets.site('z', head=3), tl.zero_ablate())``).
+    (``trace.fork().intervene(facets.site('z', head=3), tl.zero_ablate())``) and
+    ``facets.grad(name)`` (or ``facets.grads[name]``) its gradient after
+    ``trace.log_backward(loss)`` on a trace captured with ``save_grads=True``.
     """
 
     def __init__(self, trace: Trace, state: _State) -> None:
@@ -73,6 +75,19 @@ class Facets(Mapping[str, Tensor]):
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
+    def grad(self, name: str) -> Tensor:
+        """The gradient of the loss with respect to facet ``name``, laid out like
+        ``facets[name]``: capture with ``tl.trace(model, x, save_grads=True)`` and call
+        ``trace.log_backward(loss)`` first (lens.facets._grads says which are exact)."""
+        from ._grads import facet_grad
+
+        return facet_grad(self._trace, self.group(name), name)
+
+    @property
+    def grads(self) -> Mapping[str, Tensor]:
+        """The gradients of the facets as a mapping: ``facets.grads['z']``."""
+        return _Grads(self)
+
     def site(self, name: str, head: Any = None, step: Any = None) -> Any:
         """The selector of facet ``name`` (of ``head``; at time ``step`` of a recurrent
         state or gate) of this call, for interventions."""
@@ -84,6 +99,26 @@ class Facets(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         what = "; ".join(g.describe() for g in self._groups) or "no structure found"
         return f"<Facets of {self.owner.name()} ({what}): {', '.join(self._by_name)}>"
+
+
+class _Grads(Mapping[str, Tensor]):
+    """``facets.grads``: facet name -> gradient, computed on access (not cached: a further
+    backward pass adds to the ops' gradients)."""
+
+    def __init__(self, facets: Facets) -> None:
+        self._facets = facets
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._facets.grad(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._facets)
+
+    def __len__(self) -> int:
+        return len(self._facets)
+
+    def __repr__(self) -> str:
+        return f"<gradients of {self._facets!r}>"
 
 
 class _State:

@@ -323,3 +323,46 @@ def test_head_each_is_for_sweeps_and_old_result_folders_are_refused(gpt2b, tmp_p
     with pytest.raises(sweeps.SpecMismatchError, match="older format"):
         sweeps.patching(model, clean, corrupted, "transformer.h.0", metric=batch_diff,
                         positions=[0], out=str(out), progress=False)
+
+
+def _eager_attn(model, ids, backward):
+    """Layer 0's pattern and z (merged heads) of an eager copy of ``model``, with their
+    gradients of batch_diff when ``backward``: plain hooks and retain_grad."""
+    from transformers import GPT2LMHeadModel
+
+    cfg = model.config.to_dict() | {"attn_implementation": "eager"}
+    eager = GPT2LMHeadModel(type(model.config)(**cfg)).eval()
+    eager.load_state_dict(model.state_dict())
+    attn, seen = eager.transformer.h[0].attn, {}
+
+    def grab(name, t):
+        t.retain_grad()
+        seen[name] = t
+
+    hs = [attn.register_forward_hook(lambda m, a, out: grab("pattern", out[1])),
+          attn.c_proj.register_forward_pre_hook(lambda m, a: grab("z", a[0]))]
+    value = batch_diff(eager(ids).logits)
+    for h in hs:
+        h.remove()
+    if backward:
+        value.backward()
+    b, s, _ = seen["z"].shape
+    z = {k: t.reshape(b, s, N_HEAD, D_HEAD).transpose(1, 2) if t is not None else None
+         for k, t in (("z", seen["z"]), ("z_grad", seen["z"].grad))}
+    return {"pattern": seen["pattern"], "pattern_grad": seen["pattern"].grad, **z}
+
+
+@pytest.mark.parametrize("name", ["pattern", "z"])
+def test_attribution_per_head_equals_an_eager_copy(gpt2b, name):
+    model, clean, corrupted = gpt2b
+    res = sweeps.attribution_patching(
+        model, clean, corrupted, tl.facet(name, module="transformer.h.0.attn", head="each"),
+        metric=batch_diff, positions=None)
+    src = _eager_attn(model, clean, backward=False)[name].detach()
+    got = _eager_attn(model, corrupted, backward=True)
+    attr = (src - got[name].detach()) * got[f"{name}_grad"]
+    assert [r["head"] for r in res.rows] == list(range(N_HEAD))
+    for row in res.rows:
+        want = float(attr[:, row["head"]].sum())
+        assert math.isclose(row["value"], want, rel_tol=1e-3, abs_tol=1e-9), row
+    assert min(abs(r["value"]) for r in res.rows) > 1e-7  # every head compares something
