@@ -9,6 +9,7 @@ derived later, in ``lens.trace``.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -200,7 +201,12 @@ class OpRecord:
     @property
     def module_outputs(self) -> tuple[str, ...]:
         """Modules this op's tensor is the output of, bare and with call (``fc``, ``fc:2``)."""
-        keys: list[str] = []
-        for c in self.output_of:
-            keys.extend((c.address, c.key))
-        return tuple(dict.fromkeys(keys))
+        return output_keys(self.output_of)
+
+
+def output_keys(calls: Sequence[ModuleCallRecord]) -> tuple[str, ...]:
+    """The keys module outputs are found by: each call's address and ``address:k``."""
+    keys: list[str] = []
+    for c in calls:
+        keys.extend((c.address, c.key))
+    return tuple(dict.fromkeys(keys))

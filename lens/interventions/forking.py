@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..capture.records import CONSTANT, IDENTITY, OP, OpRecord, RecordTable
+from ..capture.records import CONSTANT, IDENTITY, OP, OpRecord, RecordTable, output_keys
 from ..capture.stash import Stash
 from ..errors import InterventionError, InterventionWarning, PayloadError
 from ..replay.interpreter import tensors_equal
@@ -293,10 +293,7 @@ class _ExitView:
 
     @property
     def module_outputs(self) -> tuple[str, ...]:
-        keys: list[str] = []
-        for c in self._calls:
-            keys.extend((c.address, c.key))
-        return tuple(dict.fromkeys(keys))
+        return output_keys(self._calls)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._op, name)

@@ -174,9 +174,7 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     output = run_forward(model, rec, args, kwargs)
     elapsed = perf_counter() - t0
     for rule in rec.interceptors:  # as tl.trace: a strict rule that matched nothing raises
-        close = getattr(rule, "close", None)
-        if close is not None:
-            close(rec if rec.halted else None)  # a halted run checks nothing
+        rule.close(rec if rec.halted else None)  # a halted run checks nothing
     return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
                      {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
                       "intervention_ready": intervention_ready, "save_grads": save_grads,
