@@ -48,6 +48,18 @@ class RecordTable(list[Any]):
     __slots__ = ("__weakref__",)
 
 
+class LazyPayload:
+    """A payload kept outside memory (``tl.to_disk``): a record holds this small handle
+    and :attr:`OpRecord.payload` reads the tensor through :meth:`load` on each access."""
+
+    __slots__ = ()
+
+    shape: tuple[int, ...]
+
+    def load(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class ModuleCallRecord:
     """One call of one module: where it sits and which ops it spans."""
 
@@ -87,7 +99,7 @@ class OpRecord:
 
     __slots__ = (
         "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
-        "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
+        "child_idx", "_payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
         "output_of", "params", "elapsed", "out_index", "call_id", "mutates",
         "address", "fired", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
         # how the op ran: generator state before a random op, non-default grad/autocast
@@ -107,7 +119,7 @@ class OpRecord:
     def __init__(self, ops: weakref.ref[RecordTable], call_index: int, kind: str, func: Any,
                  func_name: str, type_: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any], parent_idx: tuple[int, ...],
-                 out: torch.Tensor | None, tensor: torch.Tensor | None,
+                 out: torch.Tensor | LazyPayload | None, tensor: torch.Tensor | None,
                  module_ctx: tuple[ModuleCallRecord, ...], params: tuple[str, ...],
                  elapsed: float, out_index: tuple[int | str, ...], call_id: int,
                  mutates: int | None, address: str | None = None) -> None:
@@ -121,7 +133,7 @@ class OpRecord:
         self.kwargs = kwargs
         self.parent_idx = parent_idx
         self.child_idx: list[int] = []
-        self.payload = out
+        self._payload: torch.Tensor | LazyPayload | None = out
         self._saved = out is not None
         if tensor is not None:
             self.shape: tuple[int, ...] = tuple(tensor.shape)
@@ -144,6 +156,17 @@ class OpRecord:
         self.rng: RngState | None = None
         self.mode: Mode | None = None
         self.step = 0  # which call of the top module it ran in (set by the recorder)
+
+    @property
+    def payload(self) -> torch.Tensor | None:
+        """The kept tensor (None: not kept); a payload streamed to disk is read back
+        from its shard on each access (see :class:`LazyPayload`)."""
+        p = self._payload
+        return p.load() if isinstance(p, LazyPayload) else p
+
+    @payload.setter
+    def payload(self, value: torch.Tensor | LazyPayload | None) -> None:
+        self._payload = value
 
     @property
     def recording(self) -> RecordTable:
