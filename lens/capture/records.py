@@ -55,6 +55,14 @@ class LazyPayload:
     __slots__ = ()
 
     shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
 
     def load(self) -> torch.Tensor:
         raise NotImplementedError
@@ -167,6 +175,11 @@ class OpRecord:
     @payload.setter
     def payload(self, value: torch.Tensor | LazyPayload | None) -> None:
         self._payload = value
+
+    @property
+    def has_payload(self) -> bool:
+        """Whether a payload is kept, without reading a streamed one."""
+        return self._payload is not None
 
     @property
     def recording(self) -> RecordTable:
