@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..capture.records import LazyPayload
 from ..errors import LoadError
 from ._safe import Entry, file_header, read_entry
+from .schema import dtype_name
 
 SHARD = re.compile(r"payloads-\d{5}\.safetensors")
 CACHE_BYTES = 16 << 20  # recently read payloads kept resident, at most
@@ -45,6 +47,17 @@ class ShardReader:
             found = file_header(self.root, file, str(self.root / file))
             self._headers[file] = found
         return found
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """``trace.json`` entries of every payload in a shard, referenced or not (an op
+        kept twice, its output replaced by a live edit, left its first value behind)."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, file in self.where.items():
+            dtype, shape, _, _ = self.header(file)[0][key]
+            stride = list(torch.empty(shape, device="meta").stride())
+            out[key] = {"shape": shape, "dtype": dtype_name(dtype), "stride": stride,
+                        "offset": 0, "base": None, "file": file}
+        return out
 
     def read(self, key: str) -> torch.Tensor:
         t = self.buffer.get(key)

@@ -50,10 +50,8 @@ class TensorStore:
         raw = op.record._payload
         if (isinstance(raw, ShardPayload) and self._root is not None
                 and raw.key in raw.reader.where and _same(raw.reader.root) == self._root):
-            self._sharded[raw.key] = {
-                "shape": list(raw.shape), "dtype": dtype_name(raw.dtype),
-                "stride": list(torch.empty(raw.shape, device="meta").stride()),
-                "offset": 0, "base": None, "file": raw.reader.where[raw.key]}
+            if raw.key not in self._sharded:
+                self._sharded.update(raw.reader.declared())
             return raw.key
         return self.add_opt(op.payload)
 

@@ -206,3 +206,18 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "other.txt").write_text("x")
     with pytest.raises(ValueError):  # a folder that is not a trace, as tl.save refuses
         tl.trace(Wide(depth=1), torch.randn(1, 64), storage=tl.to_disk(tmp_path))
+
+
+def test_live_edit_streams_the_edited_value(tmp_path):
+    torch.manual_seed(6)
+    model, x = Wide(depth=2).eval(), torch.randn(4, 64)
+    rule = tl.when(tl.func("relu"), tl.scale(0.5))
+    ref = tl.trace(model, x, intervene=rule)
+    streamed = tl.trace(model, x, intervene=rule,
+                        storage=tl.to_disk(tmp_path / "t", shard_bytes=1024))
+    relu = next(op for op in ref.ops if op.func_name == "relu")
+    linear = relu.parents[0]
+    assert torch.equal(relu.out, 0.5 * torch.relu(linear.out))  # the edit took effect
+    _assert_same_payloads(streamed, ref)
+    _assert_same_payloads(tl.load(tmp_path / "t"), ref)
+    _assert_same_payloads(tl.load(tmp_path / "t", lazy=True), ref)
