@@ -194,7 +194,7 @@ class Recorder(TorchFunctionMode):
 
     def _keep(self, op: OpRecord, tensor: Tensor) -> None:
         if self._plain_payload:
-            op.payload = tensor
+            op._payload = tensor
         else:  # module hooks run with the mode active: these calls are not the model's ops
             with torch._C.DisableTorchFunction():
                 op._payload = self.payload.store(tensor)

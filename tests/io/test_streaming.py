@@ -221,3 +221,26 @@ def test_live_edit_streams_the_edited_value(tmp_path):
     _assert_same_payloads(streamed, ref)
     _assert_same_payloads(tl.load(tmp_path / "t"), ref)
     _assert_same_payloads(tl.load(tmp_path / "t", lazy=True), ref)
+
+
+def test_a_streamed_trace_is_freed_by_refcount(tmp_path):
+    import gc
+    import weakref
+
+    torch.manual_seed(7)
+    model, x = Wide(depth=2).eval(), torch.randn(2, 64)
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        trace = _streamed(model, x, tmp_path / "t", 512)
+        kept = [r for r in trace.record_table if r is not None and r.has_payload]
+        handle = kept[0]._payload
+        read = [r.payload for r in kept]  # fill the read cache
+        assert len(read) == len(kept) > 1
+        refs = [weakref.ref(trace), weakref.ref(handle.reader)]
+        del trace, handle, kept, read
+        assert [r() for r in refs] == [None, None]
+    finally:
+        if was:
+            gc.enable()
