@@ -182,6 +182,12 @@ class OpRecord:
         return self._payload is not None
 
     @property
+    def payload_handle(self) -> LazyPayload | None:
+        """The handle of a payload kept outside memory (None: in memory, or not kept)."""
+        p = self._payload
+        return p if isinstance(p, LazyPayload) else None
+
+    @property
     def recording(self) -> RecordTable:
         """Every record of the recording this one belongs to, by call index (orphans
         included)."""

@@ -47,7 +47,7 @@ class TensorStore:
     def add_payload(self, op: Op) -> str | None:
         """An op's payload: a streamed one already in a shard of the folder being written
         stays there (referenced by key); any other is stored (read back if streamed)."""
-        raw = op.record._payload
+        raw = op.record.payload_handle
         if (isinstance(raw, ShardPayload) and self._root is not None
                 and raw.key in raw.reader.where and _same(raw.reader.root) == self._root):
             if raw.key not in self._sharded:

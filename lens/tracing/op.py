@@ -234,7 +234,7 @@ class Op:
 
     @property
     def has_payload(self) -> bool:
-        return self.record._payload is not None
+        return self.record.has_payload
 
     @property
     def code_context(self) -> list[Frame]:

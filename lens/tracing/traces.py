@@ -13,7 +13,6 @@ from ..capture.records import (
     BUFFER,
     INPUT,
     OUTPUT,
-    LazyPayload,
     ModuleCallRecord,
     OpRecord,
     RecordTable,
@@ -237,10 +236,12 @@ class Trace:
         seen: set[int] = set()
         total = 0
         for op in self.ops:
-            p = op.record._payload
-            if isinstance(p, LazyPayload):  # streamed: counted without reading it
-                total += p.nbytes
-            elif p is not None and id(p) not in seen:
+            handle = op.record.payload_handle
+            if handle is not None:  # streamed: counted without reading it
+                total += handle.nbytes
+                continue
+            p = op.payload
+            if p is not None and id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel() * p.element_size()
         return total
