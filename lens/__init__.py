@@ -52,7 +52,7 @@ from .interventions import (
     when,
     zero_ablate,
 )
-from .io import extract_dataset, load, load_dataset_activations, save
+from .io import extract_dataset, load, load_dataset_activations, save, to_disk
 from .selectors import (
     everything,
     followed_by,
@@ -137,6 +137,7 @@ __all__ = [
     "resample_ablate",
     "run",
     "save",
+    "to_disk",
     "scale",
     "show_graph",
     "splice_module",

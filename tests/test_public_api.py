@@ -14,7 +14,7 @@ PUBLIC = {
     "func", "module", "in_module", "label", "followed_by", "preceded_by", "where",
     "everything", "nothing", "step", "steps",
     # storage
-    "save", "load", "extract_dataset", "load_dataset_activations",
+    "save", "load", "to_disk", "extract_dataset", "load_dataset_activations",
     # interventions
     "when", "When", "run", "Action", "action", "Fork", "InterventionWarning", "zero_ablate",
     "mean_ablate", "resample_ablate", "steer", "scale", "clamp", "noise", "project_onto",

@@ -30,6 +30,7 @@ from .records import (
     INPUT,
     OP,
     OUTPUT,
+    LazyPayload,
     ModuleCallRecord,
     OpRecord,
     ParamRef,
@@ -91,6 +92,11 @@ class PayloadOptions:
         elif self.device is not None:
             t = t.to(device=self.device)
         return t
+
+    def store(self, t: Tensor) -> Tensor | LazyPayload:
+        """What the record keeps for ``t``: the tensor :meth:`apply` makes, or a handle
+        to it where the options stream payloads elsewhere (``tl.to_disk``)."""
+        return self.apply(t)
 
 
 _TENSOR = Tensor
@@ -188,10 +194,10 @@ class Recorder(TorchFunctionMode):
 
     def _keep(self, op: OpRecord, tensor: Tensor) -> None:
         if self._plain_payload:
-            op.payload = tensor
+            op._payload = tensor
         else:  # module hooks run with the mode active: these calls are not the model's ops
             with torch._C.DisableTorchFunction():
-                op.payload = self.payload.apply(tensor)
+                op._payload = self.payload.store(tensor)
         op._saved = True
 
     def _hold(self, idx: int, tensor: Tensor) -> None:
@@ -249,7 +255,10 @@ class Recorder(TorchFunctionMode):
     # ------------------------------------------------------------------ storage versions
     def _held(self, idx: int) -> Tensor | None:
         op = self.ops[idx]
-        return op.payload if op._saved else self.pending.get(idx)
+        if not op._saved:
+            return self.pending.get(idx)
+        p = op._payload  # a payload streamed elsewhere aliases no storage of the run
+        return p if isinstance(p, Tensor) else None
 
     def _replace_held(self, idx: int, t: Tensor) -> None:
         if self.ops[idx]._saved:

@@ -49,6 +49,26 @@ class RecordTable(list[Any]):
     __slots__ = ("__weakref__",)
 
 
+class LazyPayload:
+    """A payload kept outside memory (``tl.to_disk``): a record holds this small handle
+    and :attr:`OpRecord.payload` reads the tensor through :meth:`load` on each access."""
+
+    __slots__ = ()
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
+
+    def load(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class ModuleCallRecord:
     """One call of one module: where it sits and which ops it spans."""
 
@@ -88,7 +108,7 @@ class OpRecord:
 
     __slots__ = (
         "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
-        "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
+        "child_idx", "_payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
         "output_of", "params", "elapsed", "out_index", "call_id", "mutates",
         "address", "fired", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
         # how the op ran: generator state before a random op, non-default grad/autocast
@@ -108,7 +128,7 @@ class OpRecord:
     def __init__(self, ops: weakref.ref[RecordTable], call_index: int, kind: str, func: Any,
                  func_name: str, type_: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any], parent_idx: tuple[int, ...],
-                 out: torch.Tensor | None, tensor: torch.Tensor | None,
+                 out: torch.Tensor | LazyPayload | None, tensor: torch.Tensor | None,
                  module_ctx: tuple[ModuleCallRecord, ...], params: tuple[str, ...],
                  elapsed: float, out_index: tuple[int | str, ...], call_id: int,
                  mutates: int | None, address: str | None = None) -> None:
@@ -122,7 +142,7 @@ class OpRecord:
         self.kwargs = kwargs
         self.parent_idx = parent_idx
         self.child_idx: list[int] = []
-        self.payload = out
+        self._payload: torch.Tensor | LazyPayload | None = out
         self._saved = out is not None
         if tensor is not None:
             self.shape: tuple[int, ...] = tuple(tensor.shape)
@@ -145,6 +165,28 @@ class OpRecord:
         self.rng: RngState | None = None
         self.mode: Mode | None = None
         self.step = 0  # which call of the top module it ran in (set by the recorder)
+
+    @property
+    def payload(self) -> torch.Tensor | None:
+        """The kept tensor (None: not kept); a payload streamed to disk is read back
+        from its shard on each access (see :class:`LazyPayload`)."""
+        p = self._payload
+        return p.load() if isinstance(p, LazyPayload) else p
+
+    @payload.setter
+    def payload(self, value: torch.Tensor | LazyPayload | None) -> None:
+        self._payload = value
+
+    @property
+    def has_payload(self) -> bool:
+        """Whether a payload is kept, without reading a streamed one."""
+        return self._payload is not None
+
+    @property
+    def payload_handle(self) -> LazyPayload | None:
+        """The handle of a payload kept outside memory (None: in memory, or not kept)."""
+        p = self._payload
+        return p if isinstance(p, LazyPayload) else None
 
     @property
     def recording(self) -> RecordTable:

@@ -33,12 +33,15 @@ against the size of that file.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import re
 import stat
 import sys
+from collections.abc import Iterator
+from io import BufferedReader
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +78,9 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(root: Path, name: str, where: str,
-                 max_bytes: int = MAX_FILE_BYTES) -> bytearray:
-    """The whole content of the regular file ``root/name`` (see the module docstring)."""
+@contextlib.contextmanager
+def _open_regular(root: Path, name: str, where: str) -> Iterator[BufferedReader]:
+    """``root/name`` opened for reading, if it is a regular file (never followed)."""
     path = root / plain_name(name, where)
     try:
         mode = os.lstat(path).st_mode
@@ -98,10 +101,18 @@ def read_regular(root: Path, name: str, where: str,
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise LoadError(f"{path} is {_kind(st.st_mode)}, not a regular file.")
-        if st.st_size > max_bytes:
-            raise LoadError(f"{path} is {st.st_size} bytes, more than the {max_bytes} "
+        yield f
+
+
+def read_regular(root: Path, name: str, where: str,
+                 max_bytes: int = MAX_FILE_BYTES) -> bytearray:
+    """The whole content of the regular file ``root/name`` (see the module docstring)."""
+    with _open_regular(root, name, where) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise LoadError(f"{root / name} is {size} bytes, more than the {max_bytes} "
                             "lens reads from such a file.")
-        buf = bytearray(st.st_size)
+        buf = bytearray(size)
         got = f.readinto(buf)
         del buf[got:]  # the file shrank while we read: parsing reports it truncated
         return buf
@@ -220,10 +231,15 @@ def safetensors_header(data: bytes | bytearray, where: str) -> dict[str, Entry]:
     if len(data) < 8:
         raise LoadError(f"{where} is truncated: {len(data)} bytes, less than a header.")
     n = int.from_bytes(data[:8], "little")
-    if n > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise LoadError(f"{where}: header length {n} exceeds the file ({len(data)} bytes) "
+    return _header(data[8:8 + n], n, len(data), where)
+
+
+def _header(head_bytes: bytes | bytearray, n: int, size: int, where: str) -> dict[str, Entry]:
+    """Entries of a header of ``n`` bytes (``head_bytes``) in a file of ``size`` bytes."""
+    if n > min(MAX_HEADER_BYTES, size - 8) or len(head_bytes) != n:
+        raise LoadError(f"{where}: header length {n} exceeds the file ({size} bytes) "
                         "or the safetensors limit; the file is truncated or corrupt.")
-    head = loads_json(data[8:8 + n], f"{where} header", max_depth=3)
+    head = loads_json(head_bytes, f"{where} header", max_depth=3)
     if not isinstance(head, dict):
         raise LoadError(f"{where} header: expected an object, got {type(head).__name__}.")
     base = 8 + n
@@ -240,10 +256,43 @@ def safetensors_header(data: bytes | bytearray, where: str) -> dict[str, Entry]:
             raise LoadError(f"{where} header.{name}: data starts at {start - base}, expected "
                             f"{end - base} (tensors must tile the data section).")
         end = stop
-    if end != len(data):
+    if end != size:
         raise LoadError(f"{where}: the tensors cover {end - base} data bytes but the file "
-                        f"holds {len(data) - base}; it is truncated or padded.")
+                        f"holds {size - base}; it is truncated or padded.")
     return entries
+
+
+def file_header(root: Path, name: str, where: str) -> tuple[dict[str, Entry], int]:
+    """The validated entries of the safetensors file ``root/name`` and its size, reading
+    only its header (a shard read lazily, tensor by tensor, with :func:`read_entry`)."""
+    with _open_regular(root, name, where) as f:
+        size = os.fstat(f.fileno()).st_size
+        first = f.read(8)
+        if len(first) < 8:
+            raise LoadError(f"{where} is truncated: {size} bytes, less than a header.")
+        n = int.from_bytes(first, "little")
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise LoadError(f"{where}: header length {n} exceeds the file ({size} bytes) "
+                            "or the safetensors limit; the file is truncated or corrupt.")
+        return _header(f.read(n), n, size, where), size
+
+
+def read_entry(root: Path, name: str, entry: Entry, size: int, key: str,
+               where: str) -> torch.Tensor:
+    """One tensor of ``root/name`` by its validated ``entry``; the file must still be the
+    ``size`` bytes its header was validated against."""
+    dtype, shape, start, stop = entry
+    with _open_regular(root, name, where) as f:
+        now = os.fstat(f.fileno()).st_size
+        if now != size:
+            raise LoadError(f"{where} changed size ({size} -> {now} bytes) since lens read "
+                            "its header; load the trace again.")
+        f.seek(start)
+        buf = bytearray(stop - start)
+        got = f.readinto(buf)
+    if got != len(buf):
+        raise LoadError(f"{where} is truncated at tensor {key!r}.")
+    return tensors_at(buf, {key: (dtype, shape, 0, len(buf))}, where)[key]
 
 
 def _entry(e: Any, where: str, base: int) -> Entry:

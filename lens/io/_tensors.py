@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from ..errors import LoadError
-from ._safe import read_safetensors
+from ._safe import plain_name, read_safetensors
+from ._shards import SHARD, ShardPayload, ShardReader
 from .schema import JSON_NAME, Reader, dtype_named
 
 # Restoring a non-dense stride (a saved slice of a bigger tensor) allocates the whole span
@@ -20,21 +21,59 @@ from .schema import JSON_NAME, Reader, dtype_named
 STRIDE_BUDGET_BYTES = 64 << 20
 
 
-def read_trace_tensors(data: bytearray, file: Path, doc: Reader,
-                       device: Any) -> dict[str, torch.Tensor]:
+def read_trace_tensors(data: bytearray, file: Path, doc: Reader, device: Any,
+                       lazy: bool = False) -> tuple[dict[str, torch.Tensor],
+                                                    dict[str, ShardPayload]]:
     """Every tensor ``trace.json`` declares, keyed as there, from the bytes of the tensor
-    ``file``; :class:`LoadError` if the file and the JSON disagree in any way."""
+    ``file`` and from the payload shards a streamed capture wrote beside it (those as
+    handles when ``lazy``); :class:`LoadError` if the files and the JSON disagree."""
     size = len(data)
     stored = read_safetensors(data, str(file))
     if device is not None:
         stored = {k: v.to(device) for k, v in stored.items()}
     budget = [max(STRIDE_BUDGET_BYTES, size)]
-    declared = doc.mapping("tensors")
+    declared = dict(doc.mapping("tensors"))
+    handles = _sharded(declared, file.parent, device)
+    if not lazy:
+        stored.update({k: h.load() for k, h in handles.items()})
+        handles = {}
+    declared = {k: v for k, v in declared.items() if k not in handles}
     extra = sorted(set(stored) - set(declared))
     if extra:
         raise LoadError(f"{file} holds tensors {extra[:5]} that {JSON_NAME} does not declare.")
     return {key: _restore(key, Reader(meta, f"tensors.{key}"), stored, file, budget)
-            for key, meta in declared.items()}
+            for key, meta in declared.items()}, handles
+
+
+def _sharded(declared: dict[str, Any], root: Path, device: Any) -> dict[str, ShardPayload]:
+    """Handles to the payloads declared in shards (``file``), each checked against its
+    shard's validated header; every tensor of a shard must be declared there."""
+    reader = ShardReader(root)
+    reader.device = None if device is None else torch.device(device)
+    handles: dict[str, ShardPayload] = {}
+    for key, meta in declared.items():
+        m = Reader(meta, f"tensors.{key}")
+        name = meta.get("file") if isinstance(meta, dict) else None
+        if name is None:
+            continue
+        if not SHARD.fullmatch(plain_name(name, f"{m.where}.file")):
+            raise LoadError(f"{m.where}.file: {name!r:.60} is not a payload shard name "
+                            "(payloads-NNNNN.safetensors).")
+        shape, dtype = m.integers("shape"), dtype_named(m.raw("dtype"), f"{m.where}.dtype")
+        if m.raw("base") is not None or m.integer("offset") != 0:
+            raise LoadError(f"{m.where}: a payload in a shard is stored whole (no base).")
+        entry = reader.header(name)[0].get(key)
+        if entry is None or entry[0] != dtype or entry[1] != shape:
+            raise LoadError(f"{m.where}: {root / name} does not hold {key!r} as "
+                            f"{shape} {dtype}.")
+        reader.where[key] = name
+        handles[key] = ShardPayload(reader, key, tuple(shape), dtype)
+    for name in set(reader.where.values()):
+        extra = sorted(set(reader.header(name)[0]) - set(handles))
+        if extra or any(reader.where[k] != name for k in reader.header(name)[0]):
+            raise LoadError(f"{root / name} holds tensors {extra[:5]} that {JSON_NAME} "
+                            "does not place there.")
+    return handles
 
 
 def _extent(shape: list[int], stride: list[int]) -> int:

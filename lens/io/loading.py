@@ -27,6 +27,7 @@ from ..tracing.layer import LayerInfo
 from ..tracing.options import TraceOptions
 from . import _sizes, names
 from ._safe import loads_json, read_regular
+from ._shards import ShardPayload
 from ._tensors import read_trace_tensors
 from .schema import (
     FORMAT,
@@ -75,7 +76,7 @@ def replayable(op: Op | OpRecord) -> bool:
 
 
 def load(path: str | os.PathLike[str], *, device: Any = None,
-         max_op_bytes: int = _sizes.MAX_OP_BYTES) -> Trace:
+         max_op_bytes: int = _sizes.MAX_OP_BYTES, lazy: bool = False) -> Trace:
     """Read a trace saved with ``tl.save``. Tensors land on the CPU, or on ``device``.
 
     ``path`` is the folder ``tl.save`` wrote; it may itself be a symbolic link (your
@@ -88,24 +89,31 @@ def load(path: str | os.PathLike[str], *, device: Any = None,
     run on the ``meta`` device from its recorded shapes (see :mod:`lens.io._sizes`); an op
     whose arguments disagree with its recorded shape, or whose output would be larger than
     ``max_op_bytes`` (8 GiB by default), loads for reading but refuses to replay.
+
+    Payloads a streamed capture (``tl.to_disk``) wrote to shards are read with the rest,
+    or with ``lazy=True`` left there: each shard's header is checked now, and
+    ``op.payload`` reads its tensor from the shard on access (a small cache aside).
     """
+    if type(lazy) is not bool:
+        raise LoadError(f"tl.load(..., lazy=) must be True or False; got {lazy!r:.60}.")
     if type(max_op_bytes) is not int or max_op_bytes <= 0:
         raise LoadError(f"tl.load(..., max_op_bytes=) must be a positive int; got "
                         f"{max_op_bytes!r:.80}.")
     root = _trace_dir(path)
     text = read_regular(root, JSON_NAME, str(root / JSON_NAME))
     blob = read_regular(root, TENSORS_NAME, str(root / TENSORS_NAME))
-    return from_bytes(text, blob, root, device=device, max_op_bytes=max_op_bytes)
+    return from_bytes(text, blob, root, device=device, max_op_bytes=max_op_bytes, lazy=lazy)
 
 
 def from_bytes(text: bytes | bytearray, blob: bytearray, root: Path, *,
-               device: Any = None, max_op_bytes: int = _sizes.MAX_OP_BYTES) -> Trace:
+               device: Any = None, max_op_bytes: int = _sizes.MAX_OP_BYTES,
+               lazy: bool = False) -> Trace:
     """The trace held by the bytes of ``trace.json`` and ``tensors.safetensors`` (``root``
     only names them in messages): every check of :func:`load` but the file system's."""
     doc = _read_json(text, root / JSON_NAME)
     try:
-        return _build(doc, read_trace_tensors(blob, root / TENSORS_NAME, doc, device),
-                      max_op_bytes)
+        tensors, handles = read_trace_tensors(blob, root / TENSORS_NAME, doc, device, lazy)
+        return _build(doc, tensors, max_op_bytes, handles)
     except LoadError as e:  # say which file the field path is in
         msg = str(e)
         if msg.startswith(str(root)):
@@ -147,7 +155,8 @@ def _read_json(text: bytes | bytearray, file: Path) -> Reader:
 
 
 def _build(doc: Reader, tensors: dict[str, torch.Tensor],
-           max_op_bytes: int = _sizes.MAX_OP_BYTES) -> Trace:
+           max_op_bytes: int = _sizes.MAX_OP_BYTES,
+           handles: dict[str, ShardPayload] | None = None) -> Trace:
     calls = _module_calls(doc)
     n = doc.integer("num_recorded")
     if not 0 <= n <= MAX_RECORDED:
@@ -156,7 +165,7 @@ def _build(doc: Reader, tensors: dict[str, torch.Tensor],
     slots_ref = weakref.ref(slots)
     ops: list[OpRecord] = []
     for i, raw in enumerate(doc.array("ops")):
-        op = _op(Reader(raw, f"ops[{i}]"), slots_ref, calls, tensors)
+        op = _op(Reader(raw, f"ops[{i}]"), slots_ref, calls, tensors, handles or {})
         if not 0 <= op.call_index < n or slots[op.call_index] is not None:
             raise LoadError(f"ops[{i}]: call index {op.call_index} is out of range or repeated.")
         if ops and op.call_index <= ops[-1].call_index:
@@ -249,7 +258,7 @@ def _calls_at(r: Reader, key: str, calls: list[ModuleCallRecord]) -> list[Module
 
 
 def _op(r: Reader, slots: weakref.ref[RecordTable], calls: list[ModuleCallRecord],
-        tensors: dict[str, torch.Tensor]) -> OpRecord:
+        tensors: dict[str, torch.Tensor], handles: dict[str, ShardPayload]) -> OpRecord:
     kind = r.text("kind")
     func_name = r.text("func_name")
     args = decode(r.raw("args"), f"{r.where}.args")
@@ -258,7 +267,9 @@ def _op(r: Reader, slots: weakref.ref[RecordTable], calls: list[ModuleCallRecord
     kwargs = {k: decode(v, f"{r.where}.kwargs.{k}") for k, v in r.mapping("kwargs").items()}
     func = _func(r, kind, func_name, args, kwargs)
     payload_key = r.text("payload", optional=True)
-    payload = None if payload_key is None else _tensor(tensors, payload_key, r.where)
+    payload: torch.Tensor | ShardPayload | None = None
+    if payload_key is not None:
+        payload = handles.get(payload_key) or _tensor(tensors, payload_key, r.where)
     out_index = decode(r.raw("out_index"), f"{r.where}.out_index")
     if not isinstance(out_index, tuple) or not all(isinstance(k, (int, str)) for k in out_index):
         raise LoadError(f"{r.where}.out_index: expected a tuple of ints and strings.")

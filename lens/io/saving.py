@@ -25,6 +25,7 @@ from ..errors import LensError, LoadError, SaveError
 from ..tracing import Op, Trace
 from . import names
 from ._safe import loads_json, read_regular
+from ._shards import SHARD, ShardPayload
 from .schema import FORMAT, JSON_NAME, SCHEMA_VERSION, TENSORS_NAME, dtype_name, encode
 
 
@@ -37,9 +38,22 @@ class TensorStore:
     are written contiguously with their strides recorded and restored on load.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self._items: list[torch.Tensor] = []  # also keeps ids stable while saving
         self._by_id: dict[int, str] = {}
+        self._root = _same(root)
+        self._sharded: dict[str, dict[str, Any]] = {}  # payloads left in their shards
+
+    def add_payload(self, op: Op) -> str | None:
+        """An op's payload: a streamed one already in a shard of the folder being written
+        stays there (referenced by key); any other is stored (read back if streamed)."""
+        raw = op.record.payload_handle
+        if (isinstance(raw, ShardPayload) and self._root is not None
+                and raw.key in raw.reader.where and _same(raw.reader.root) == self._root):
+            if raw.key not in self._sharded:
+                self._sharded.update(raw.reader.declared())
+            return raw.key
+        return self.add_opt(op.payload)
 
     def add(self, t: torch.Tensor) -> str:
         key = self._by_id.get(id(t))
@@ -76,7 +90,12 @@ class TensorStore:
                 # other tensor gets memory of its own: safetensors refuses shared storage.
                 data[key] = _plain_copy(t, copy=b != i)
             meta[key] = m
+        meta.update(self._sharded)
         return data, meta
+
+
+def _same(root: Path | None) -> Path | None:
+    return None if root is None else Path(os.path.realpath(root))
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, str]:
@@ -118,7 +137,7 @@ def save(trace: Trace, path: str | os.PathLike[str], *, params: bool = True,
     if not isinstance(trace, Trace):
         raise SaveError(f"tl.save needs a Trace (from tl.trace); got {type(trace).__name__}.")
     out = _target(path, overwrite)
-    store = TensorStore()
+    store = TensorStore(out)
     doc = document(trace, store, params=params)
     data, meta = store.finish()
     doc["tensors"] = meta
@@ -185,7 +204,7 @@ def _not_a_trace(folder: Path) -> str | None:
     """Why ``folder`` is not a trace lens saved (None if it is one, or is empty)."""
     mine = (JSON_NAME, TENSORS_NAME)
     entries = os.listdir(folder)
-    others = sorted(n for n in entries if n not in mine
+    others = sorted(n for n in entries if n not in mine and not SHARD.fullmatch(n)
                     and not (n.endswith(".tmp") and any(m in n for m in mine)))
     if others:
         return f"it holds {others[:3]}" + (" and more" if len(others) > 3 else "")
@@ -255,7 +274,7 @@ def _op(op: Op, call_pos: dict[int, int], store: TensorStore) -> dict[str, Any]:
         "kwargs": {str(k): encode(v) for k, v in op.kwargs.items()},
         "parents": list(op.parent_idx),
         "children": list(op.child_idx),
-        "payload": store.add_opt(op.payload),
+        "payload": store.add_payload(op),
         "saved": bool(op._saved),
         "grad": store.add_opt(op.grad),
         "shape": [int(s) for s in op.shape],

@@ -32,8 +32,9 @@ from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import PAYLOAD_POLICIES, PayloadPolicy, SelectorPolicy, halt_predicate
 from ..capture.records import OpRecord
+from ..capture.sink import StoredPayload
 from ..capture.slicing import SlicedPayload, check_index
-from ..errors import CaptureError, SelectorError, expect
+from ..errors import ArgumentTypeError, CaptureError, SelectorError, expect
 from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
@@ -47,7 +48,7 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
           detect_loops: bool = True, lookback: int | None = None,
           lookback_payload_policy: str = "metadata_only",
           code_context: bool = False, intervention_ready: bool = False,
-          save_grads: Any = False, save_at: Any = None) -> Trace:
+          save_grads: Any = False, save_at: Any = None, storage: Any = None) -> Trace:
     """Run ``model(*args, **input_kwargs)`` once and record every tensor op.
 
     ``model`` may be an nn.Module, a bound method of one (``model.generate``: the module's
@@ -64,7 +65,9 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     many ops after each candidate instead of on the finished pass; it needs
     ``lookback_payload_policy='detached_raw'`` (hold up to ``lookback`` candidate
     payloads, detached). ``code_context=True`` records each op's user call stack
-    (``op.code_context``).
+    (``op.code_context``). ``storage=tl.to_disk(path)`` streams every kept payload to
+    safetensors shards in ``path`` as it is produced (memory stays bounded) and reads
+    them back lazily on ``op.payload``; the folder is then a saved trace (``tl.load``).
     """
     check_input_kwargs("tl.trace", input_kwargs)
     check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
@@ -75,6 +78,9 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                              intervention_ready=intervention_ready, save_grads=save_grads,
                              save_at=save_at,
                              lookback_payload_policy=lookback_payload_policy)
+    if storage is not None:
+        rec.payload = _stored(rec.payload, storage, intervention_ready)
+        rec._plain_payload = False
     interceptors = rec.interceptors
     # Replay and rerun re-draw random ops from the RNG state the capture started from.
     rng = _rng_snapshot() if intervention_ready else None
@@ -89,6 +95,8 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                                          save_grads=save_grads, rng_state=rng,
                                          sliced_payloads=save_at is not None)
     check_labels(result, save_sel)
+    if storage is not None:
+        storage.close(result)
     for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
         r.close(result)
     return result
@@ -126,6 +134,17 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save:
                    payload=payload, code_context=code_context,
                    index=index)
     return rec, save_sel
+
+
+def _stored(payload: PayloadOptions, storage: Any, intervention_ready: bool) -> StoredPayload:
+    if not (callable(getattr(storage, "write", None)) and callable(getattr(storage, "close",
+                                                                           None))):
+        raise ArgumentTypeError(f"tl.trace(..., storage=) takes tl.to_disk(path); got "
+                                f"{type(storage).__name__} {storage!r:.60}.")
+    if intervention_ready:
+        raise CaptureError("storage= streams payloads to disk as detached copies, but "
+                           "intervention_ready=True keeps them live for replay. Drop one.")
+    return StoredPayload(payload, storage)
 
 
 def check_labels(result: Trace, sel: Selector | None) -> None:

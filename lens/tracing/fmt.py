@@ -70,7 +70,7 @@ def op_report(op: Op) -> str:
 def trace_report(trace: Trace) -> str:
     structure = (f"recurrent (at most {trace.max_passes} passes)" if trace.is_recurrent
                  else "purely feedforward")
-    saved = [op for op in trace.ops if op.payload is not None]
+    saved = [op for op in trace.ops if op.has_payload]
     param_ops = sum(1 for op in trace.ops if op.params)
     lines = [
         f"Trace of {trace.model_name} forward pass:",
@@ -122,7 +122,7 @@ def summary_rows(trace: Trace, depth: int = 1) -> tuple[list[tuple[str, ...]], l
         f"Ops: {computed} total",
         f"Edges: {edges} total",
         f"Forward FLOPs: {flops.human(total_flops)}FLOPs MACs: {flops.human(total_macs)}FLOPs",
-        f"Saved: {sum(op.payload is not None for op in trace.ops)} payloads, "
+        f"Saved: {sum(op.has_payload for op in trace.ops)} payloads, "
         f"{nbytes(trace.saved_nbytes)}",
     ]
     return rows, tail

@@ -223,17 +223,18 @@ class Op:
     @property
     def out(self) -> torch.Tensor:
         """The saved tensor (activation) of this op."""
-        if self.payload is None:
+        p = self.payload
+        if p is None:
             raise PayloadError(
                 f"The output of {self.label} was not saved (the trace was captured with "
                 f"save={self.trace.save_spec!r}). Re-capture with save=True, or "
                 f"save=tl.label({self.label!r}) to keep just this op, or read it in one "
                 f"call with tl.pluck(model, x, {self.label!r}).")
-        return self.payload
+        return p
 
     @property
     def has_payload(self) -> bool:
-        return self.payload is not None
+        return self.record.has_payload
 
     @property
     def code_context(self) -> list[Frame]:

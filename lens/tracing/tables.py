@@ -30,7 +30,7 @@ def ops_frame(trace: Trace) -> pd.DataFrame:
             "dtype": str(op.dtype) if op.dtype is not None else None,
             "device": str(op.device) if op.device is not None else None,
             "nbytes": op.nbytes,
-            "saved": op.payload is not None,
+            "saved": op.has_payload,
             "parents": [p.label for p in op.parents],
             "children": [c.label for c in op.children],
             "module": op.module,

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from ..capture.records import BUFFER, INPUT, OUTPUT, ModuleCallRecord, OpRecord, RecordTable
+from ..capture.records import (
+    BUFFER,
+    INPUT,
+    OUTPUT,
+    ModuleCallRecord,
+    OpRecord,
+    RecordTable,
+)
 from ..capture.stash import Stash
 from ..errors import LookupKeyError, close_matches
 from . import fmt
@@ -182,7 +189,7 @@ class Trace:
     @property
     def layer_labels(self) -> list[str]:
         """Labels of the ops that hold a saved payload, in execution order."""
-        return [op.label for op in self.ops if op.payload is not None]
+        return [op.label for op in self.ops if op.has_payload]
 
     @property
     def layers(self) -> list[Layer]:
@@ -229,6 +236,10 @@ class Trace:
         seen: set[int] = set()
         total = 0
         for op in self.ops:
+            handle = op.record.payload_handle
+            if handle is not None:  # streamed: counted without reading it
+                total += handle.nbytes
+                continue
             p = op.payload
             if p is not None and id(p) not in seen:
                 seen.add(id(p))
