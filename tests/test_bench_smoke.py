@@ -37,3 +37,32 @@ def test_bench_regimes_table_runs_and_writes_every_figure(tmp_path, monkeypatch,
     assert figures["ops"] > 100 and figures["raw_ms"] > 0
     rows = data["sections"][0]["rows"]
     assert len(rows) == len(regimes.TARGETS)
+
+
+def test_every_other_bench_section_runs_on_a_tiny_model(monkeypatch):
+    """The sections beside the regimes table (capture, postprocessing, extraction,
+    interventions, sweeps) run end to end on a tiny GPT-2, each giving finite figures:
+    an API change that breaks one fails here, not in the next `make bench`."""
+    import torch
+    import transformers
+
+    from benchmarks import capture, common, extraction, interventions, sweeps
+
+    monkeypatch.setattr(capture, "LOOP_SIZES", (50,))
+    once = {"interleaved": lambda fns, *a, **k: common.interleaved(fns, repeats=1, warmup=0),
+            "median_time": lambda fn, *a, **k: common.median_time(fn, repeats=1, warmup=0)}
+    for mod in (capture, extraction, interventions, sweeps):
+        for name, fn in once.items():
+            if hasattr(mod, name):
+                monkeypatch.setattr(mod, name, fn)
+    config = transformers.GPT2Config(n_layer=12, n_embd=16, n_head=2, n_positions=16,
+                                     vocab_size=64)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    models = {"gpt2_small_shaped": (model, (torch.randint(0, 64, (1, 8)),), {})}
+    for name, section in run.SECTIONS.items():
+        sec = section(models)
+        assert sec.rows, name
+        for row in sec.rows:
+            value = row[1]
+            assert isinstance(value, float) and math.isfinite(value), (name, row)
