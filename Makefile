@@ -67,6 +67,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.streaming 64
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --only regimes --regime dispatch --quick
