@@ -6,6 +6,10 @@ The convention, stated once:
   ``einsum``, ``conv*``/``conv_transpose*``, ``scaled_dot_product_attention``): MACs are the
   multiply-accumulates of the contraction; FLOPs are ``2 * MACs``, plus one per output
   element for a fused bias or addend.
+- **Fused calls**: ``nn.MultiheadAttention``'s ``multi_head_attention_forward`` counts its
+  four projections and both attention products; ``lstm``/``gru``/``rnn_tanh``/``rnn_relu``
+  count each weight matrix once per step and batch row (gate nonlinearities and biases
+  are left out, as in the contractions above).
 - **Elementwise and reductions** (``add``, ``relu``, ``gelu``, ``sum``, ``mean``, ...): one
   FLOP per element of the largest operand or output, no MACs.
 - **Normalisations**: five FLOPs per element (mean, variance, centre, scale, shift);
@@ -89,7 +93,32 @@ def _contraction(name: str, ins: list[Shape], out: Shape, op: Op) -> tuple[int, 
         return batch * q[-2] * k[-2] * (q[-1] + v[-1]), 0
     if name == "einsum":
         return _einsum_macs(op, ins), 0
+    if name == "multiheadattentionforward" and len(ins) >= 3:
+        return _mha_macs(ins), 0
+    if name in _RECURRENT and ins and ins[0]:
+        steps = _numel(ins[0]) // max(ins[0][-1], 1)  # time x batch, whatever the layout
+        meta = op.trace.param_meta
+        weights = [meta[n][0] for n in dict.fromkeys(op.params) if n in meta]
+        return steps * sum(w[0] * w[1] for w in weights if len(w) == 2), 0
     return None
+
+
+# Fused recurrent calls: every 2-D weight (input-hidden and hidden-hidden, per gate, layer
+# and direction) is applied once per step and batch row. (A second layer's steps take the
+# first layer's output, of the same number of rows, so the count holds for every layer.)
+_RECURRENT = frozenset({"lstm", "gru", "rnntanh", "rnnrelu"})
+
+
+def _mha_macs(ins: list[Shape]) -> int:
+    """``nn.MultiheadAttention``'s fused call: input projections of query, key and
+    value, both attention products (over every head, summing to the embedding size),
+    and the output projection. Query ``(L, N, E)`` or unbatched ``(L, E)``."""
+    q, k = ins[0], ins[1]
+    e = q[-1]
+    rows_q = _numel(q) // max(e, 1)  # L * N
+    rows_kv = _numel(k) // max(k[-1], 1)  # S * N
+    s = k[0]
+    return rows_q * e * e + 2 * rows_kv * k[-1] * e + 2 * rows_q * s * e + rows_q * e * e
 
 
 def _einsum_macs(op: Op, ins: list[Shape]) -> int:
@@ -113,6 +142,8 @@ def op_cost(op: Op) -> tuple[int, int]:
     out = tuple(op.shape)
     found = _contraction(name, ins, out, op)
     if found is not None:
+        if op.out_index and op.out_index[0] != 0:  # one call's later outputs (attention
+            return 0, 0  # weights, h_n/c_n): the work is counted at its first output
         macs, extra = found
         return 2 * macs + extra, macs
     largest = max([_numel(out), *(_numel(s) for s in ins)])

@@ -95,3 +95,29 @@ def test_module_rows_sum_their_ops_and_loaded_traces_agree(tmp_path):
     tl.save(tr, tmp_path / "t")
     loaded = tl.load(tmp_path / "t")
     assert [op.flops for op in loaded.ops] == [op.flops for op in tr.ops]
+
+
+def test_fused_multihead_attention_and_recurrent_calls():
+    torch.manual_seed(0)
+    e, heads, L, S, n = 8, 2, 5, 7, 3
+    mha = nn.MultiheadAttention(e, heads, batch_first=True)
+    q, kv = torch.randn(n, L, e), torch.randn(n, S, e)
+    tr = tl.trace(mha, q, kv, kv)
+    out, weights = [op for op in tr.ops if op.type == "multiheadattentionforward"]
+    # q, k, v and output projections, then scores and pattern @ v over all heads
+    want = n * L * e * e + 2 * n * S * e * e + 2 * n * L * S * e + n * L * e * e
+    assert out.macs == want and out.flops == 2 * want
+    assert weights.macs == 0  # the call's second output: counted once, at the first
+
+    for rnn, gates in ((nn.LSTM(6, 4, num_layers=2, bidirectional=True, batch_first=True), 4),
+                       (nn.GRU(6, 4), 3), (nn.RNN(6, 4), 1)):
+        x = torch.randn(3, 5, 6)
+        tr = tl.trace(rnn, x)
+        op, *later = [op for op in tr.ops if op.type in ("lstm", "gru", "rnntanh")]
+        assert later and all(o.macs == 0 for o in later)  # h_n (and c_n) add nothing
+        dirs = 2 if rnn.bidirectional else 1
+        per_row = 0
+        for layer in range(rnn.num_layers):
+            width = rnn.input_size if layer == 0 else rnn.hidden_size * dirs
+            per_row += dirs * gates * rnn.hidden_size * (width + rnn.hidden_size)
+        assert op.macs == 3 * 5 * per_row, rnn
