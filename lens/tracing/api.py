@@ -6,6 +6,7 @@ import gc
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -69,70 +70,123 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     safetensors shards in ``path`` as it is produced (memory stays bounded) and reads
     them back lazily on ``op.payload``; the folder is then a saved trace (``tl.load``).
     """
-    check_input_kwargs("tl.trace", input_kwargs)
-    check_options("tl.trace", keep_orphans=keep_orphans, detect_loops=detect_loops)
-    kwargs = dict(input_kwargs or {})
-    rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
-                             dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
-                             code_context=code_context,
-                             intervention_ready=intervention_ready, save_grads=save_grads,
-                             save_at=save_at,
-                             lookback_payload_policy=lookback_payload_policy)
-    if storage is not None:
-        rec.payload = _stored(rec.payload, storage, intervention_ready)
-        rec._plain_payload = False
-    interceptors = rec.interceptors
-    # Replay and rerun re-draw random ops from the RNG state the capture started from.
-    rng = _rng_snapshot() if intervention_ready else None
+    opts = CaptureOptions(
+        save=save, detach=detach, device=device, dtype=dtype, halt=halt, intervene=intervene,
+        keep_orphans=keep_orphans, detect_loops=detect_loops, lookback=lookback,
+        lookback_payload_policy=lookback_payload_policy, code_context=code_context,
+        intervention_ready=intervention_ready, save_grads=save_grads, save_at=save_at,
+        storage=storage)
+    done = capture(model, args, input_kwargs, opts, "tl.trace")
     with _no_gc():
-        t0 = perf_counter()
-        output = run_forward(model, rec, args, kwargs)
-        elapsed = perf_counter() - t0
-        result = build(rec, model, output, save_sel if save_sel is not None else save,
-                       elapsed, keep_orphans=keep_orphans, detect_loops=detect_loops)
-    # sliced_payloads: payloads are slices (save_at=), so replay and validation must refuse
-    result.options = result.options.but(intervention_ready=intervention_ready,
-                                         save_grads=save_grads, rng_state=rng,
-                                         sliced_payloads=save_at is not None)
-    check_labels(result, save_sel)
+        result = done.to_trace()
     if storage is not None:
         storage.close(result)
-    for r in interceptors:  # rules check what they matched (tl.when(..., strict=True))
+    for r in done.rec.interceptors:  # rules check what they matched (strict=True)
         r.close(result)
     return result
 
 
-def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, save: Any,
-             detach: bool, device: Any, dtype: Any, halt: Any, intervene: Any,
-             lookback: int | None, code_context: bool, intervention_ready: bool,
-             save_grads: Any, save_at: Any = None,
-             lookback_payload_policy: str = "metadata_only"
-             ) -> tuple[Recorder, Selector | None]:
-    """Check the model and set up a Recorder for one call (shared by trace and record)."""
+@dataclass(frozen=True)
+class CaptureOptions:
+    """Every option of one capture, as ``tl.trace`` and ``tl.record`` take them (see
+    ``tl.trace`` for what each means); checked and applied by :func:`capture` alone."""
+
+    save: Any = True
+    detach: bool = False
+    device: Any = None
+    dtype: Any = None
+    halt: Any = None
+    intervene: Any = None
+    keep_orphans: bool = False
+    detect_loops: bool = True
+    lookback: int | None = None
+    lookback_payload_policy: str = "metadata_only"
+    code_context: bool = False
+    intervention_ready: bool = False
+    save_grads: Any = False
+    save_at: Any = None
+    storage: Any = None
+
+
+@dataclass
+class Captured:
+    """A finished forward under the capture engine, not yet postprocessed."""
+
+    rec: Recorder
+    model: Any
+    save_sel: Selector | None
+    output: Any
+    elapsed: float
+    rng: dict[str, Any] | None  # generator states before the forward (intervention_ready)
+    opts: CaptureOptions
+
+    @property
+    def save_spec(self) -> Any:
+        return self.save_sel if self.save_sel is not None else self.opts.save
+
+    def to_trace(self, *, keep_orphans: bool | None = None,
+                 detect_loops: bool | None = None) -> Trace:
+        """Postprocess into a Trace whose options say how it was captured."""
+        o = self.opts
+        options = TraceOptions(
+            keep_orphans=o.keep_orphans if keep_orphans is None else keep_orphans,
+            detect_loops=o.detect_loops if detect_loops is None else detect_loops,
+            intervention_ready=o.intervention_ready, save_grads=o.save_grads,
+            rng_state=self.rng, sliced_payloads=o.save_at is not None)
+        result = build(self.rec, self.model, self.output, self.save_spec, self.elapsed,
+                       options=options)
+        check_labels(result, self.save_sel)
+        return result
+
+
+def capture(model: Any, args: tuple[Any, ...], input_kwargs: dict[str, Any] | None,
+            opts: CaptureOptions, who: str) -> Captured:
+    """The one capture behind ``tl.trace`` and ``tl.record``: check the options, set up
+    the recorder, snapshot the random state when the trace must replay, and run the
+    forward with the cycle collector paused."""
+    check_input_kwargs(who, input_kwargs)
+    check_options(who, keep_orphans=opts.keep_orphans, detect_loops=opts.detect_loops)
+    kwargs = dict(input_kwargs or {})
+    rec, save_sel = recorder(model, args, kwargs, opts)
+    if opts.storage is not None:
+        rec.payload = _stored(rec.payload, opts.storage, opts.intervention_ready)
+        rec._plain_payload = False
+    # Replay and rerun re-draw random ops from the RNG state the capture started from.
+    rng = _rng_snapshot() if opts.intervention_ready else None
+    with _no_gc():
+        t0 = perf_counter()
+        output = run_forward(model, rec, args, kwargs)
+        elapsed = perf_counter() - t0
+    return Captured(rec, model, save_sel, output, elapsed, rng, opts)
+
+
+def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+             opts: CaptureOptions) -> tuple[Recorder, Selector | None]:
+    """Check the model and set up a Recorder for one call."""
+    o = opts
     check_model(model)
-    check_options("tl.trace", lookback=lookback, device=device, dtype=dtype, detach=detach,
-                  code_context=code_context, intervention_ready=intervention_ready)
-    payload = PayloadOptions(detach, device, dtype)
-    if save_at is not None:
-        check_index("tl.trace", save_at)
-        if intervention_ready:
+    check_options("tl.trace", lookback=o.lookback, device=o.device, dtype=o.dtype,
+                  detach=o.detach, code_context=o.code_context,
+                  intervention_ready=o.intervention_ready)
+    payload = PayloadOptions(o.detach, o.device, o.dtype)
+    if o.save_at is not None:
+        check_index("tl.trace", o.save_at)
+        if o.intervention_ready:
             raise CaptureError(
                 "save_at= keeps a slice of each payload, but intervention_ready=True needs "
                 "every payload whole (replay reads them). Drop one of the two.")
-        payload = SlicedPayload(save_at, detach, device, dtype)
+        payload = SlicedPayload(o.save_at, o.detach, o.device, o.dtype)
     index = ModelIndex(hooked_module(model))
-    addresses = index.addresses | added_modules(intervene, index.addresses)
-    payloads = _payload_policy(lookback_payload_policy)
-    save_sel, policy = _policy(save, addresses, lookback, intervention_ready, payloads)
-    halt_fn = halt_predicate(halt, addresses) if halt is not None else None
-    interceptors = _interceptors(intervene, addresses, {
+    addresses = index.addresses | added_modules(o.intervene, index.addresses)
+    payloads = _payload_policy(o.lookback_payload_policy)
+    save_sel, policy = _policy(o.save, addresses, o.lookback, o.intervention_ready, payloads)
+    halt_fn = halt_predicate(o.halt, addresses) if o.halt is not None else None
+    interceptors = _interceptors(o.intervene, addresses, {
         "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
-    if save_grads is not False and save_grads is not None:
-        interceptors = (*interceptors, GradCapture(save_grads, addresses))
-    rec = Recorder(hooked_module(model),
-                   policy=policy, interceptors=interceptors, halt=halt_fn,
-                   payload=payload, code_context=code_context,
-                   index=index)
+    if o.save_grads is not False and o.save_grads is not None:
+        interceptors = (*interceptors, GradCapture(o.save_grads, addresses))
+    rec = Recorder(hooked_module(model), policy=policy, interceptors=interceptors,
+                   halt=halt_fn, payload=payload, code_context=o.code_context, index=index)
     return rec, save_sel
 
 
@@ -168,17 +222,17 @@ def _rng_snapshot() -> dict[str, Any]:
 
 
 def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float, *,
-          keep_orphans: bool = False, detect_loops: bool = True) -> Trace:
+          options: TraceOptions | None = None) -> Trace:
     """Postprocess a finished recording into a Trace."""
-    ops = postprocess.kept_ops(rec.ops, keep_orphans or rec.halted)
-    grouper = _grouper(detect_loops)
+    options = options if options is not None else TraceOptions()
+    ops = postprocess.kept_ops(rec.ops, options.keep_orphans or rec.halted)
+    grouper = _grouper(options.detect_loops)
     layers = postprocess.assign_labels(ops, grouper(ops))
     index = rec.index
     result = Trace(ops=ops, records=rec.ops, layers=layers, model_name=_model_name(model),
                    module_calls=rec.module_calls, module_info=index.module_info,
                    param_meta=index.param_meta, param_values=index.param_values, output=output,
-                   save_spec=save_spec, halted=rec.halted, elapsed=elapsed,
-                   options=TraceOptions(keep_orphans=keep_orphans, detect_loops=detect_loops))
+                   save_spec=save_spec, halted=rec.halted, elapsed=elapsed, options=options)
     for ic in rec.interceptors:
         if isinstance(ic, GradCapture):
             ic.bind(result)

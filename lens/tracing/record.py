@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from time import perf_counter
 from typing import Any
 
 import torch
 
 from ..capture import PayloadOptions, Recorder, check_model, hooked_module, run_forward
-from ..capture.args import check_input_kwargs, check_options
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import STAGE_RANK, SelectorPolicy
@@ -40,7 +38,7 @@ from ..capture.records import OpRecord, RecordTable
 from ..errors import CaptureError, LookupKeyError, PayloadError, expect
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import ADDRESS
-from .api import build, check_labels, recorder
+from .api import Captured, CaptureOptions, _no_gc, build, capture
 from .sparse import SparseRecording, record_sparse
 from .traces import Trace
 
@@ -55,14 +53,13 @@ class Recording:
     labels, ordinals) are decided by ``to_trace()``.
     """
 
-    def __init__(self, recorder: Recorder, model: Any, output: Any, save_spec: Any,
-                 elapsed: float, options: dict[str, Any]) -> None:
-        self.recorder = recorder
-        self.model = model
-        self.output = output
-        self.save_spec = save_spec
-        self.elapsed = elapsed
-        self.options = options
+    def __init__(self, captured: Captured) -> None:
+        self.captured = captured
+        self.recorder = captured.rec
+        self.model = captured.model
+        self.output = captured.output
+        self.save_spec = captured.save_spec
+        self.elapsed = captured.elapsed
         self._trace: Trace | None = None
 
     @property
@@ -114,17 +111,9 @@ class Recording:
                  detect_loops: bool | None = None) -> Trace:
         """Postprocess into a :class:`Trace` (labels, layers, modules)."""
         if self._trace is None:
-            ko = self.options["keep_orphans"] if keep_orphans is None else keep_orphans
-            dl = self.options["detect_loops"] if detect_loops is None else detect_loops
-            self._trace = build(self.recorder, self.model, self.output, self.save_spec,
-                                self.elapsed, keep_orphans=ko, detect_loops=dl)
-            self._trace.options = self._trace.options.but(
-                intervention_ready=self.options["intervention_ready"],
-                save_grads=self.options["save_grads"])
-            if self.options["sliced_payloads"]:
-                self._trace.options = self._trace.options.but(sliced_payloads=True)
-            if isinstance(self.save_spec, Selector):
-                check_labels(self._trace, self.save_spec)
+            with _no_gc():
+                self._trace = self.captured.to_trace(keep_orphans=keep_orphans,
+                                                     detect_loops=detect_loops)
         return self._trace
 
     def __repr__(self) -> str:
@@ -161,24 +150,15 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                                f"{', '.join(used)} need(s) the full recorder. Drop "
                                "sparse=True to use them.")
         return record_sparse(model, args, input_kwargs, save, halt, detach, device, dtype)
-    check_input_kwargs("tl.record", input_kwargs)
-    check_options("tl.record", keep_orphans=keep_orphans, detect_loops=detect_loops)
-    kwargs = dict(input_kwargs or {})
-    rec, save_sel = recorder(model, args, kwargs, save=save, detach=detach, device=device,
-                             dtype=dtype, halt=halt, intervene=intervene, lookback=lookback,
-                             code_context=code_context,
-                             intervention_ready=intervention_ready, save_grads=save_grads,
-                             save_at=save_at,
-                             lookback_payload_policy=lookback_payload_policy)
-    t0 = perf_counter()
-    output = run_forward(model, rec, args, kwargs)
-    elapsed = perf_counter() - t0
-    for rule in rec.interceptors:  # as tl.trace: a strict rule that matched nothing raises
-        rule.close(rec if rec.halted else None)  # a halted run checks nothing
-    return Recording(rec, model, output, save_sel if save_sel is not None else save, elapsed,
-                     {"keep_orphans": keep_orphans, "detect_loops": detect_loops,
-                      "intervention_ready": intervention_ready, "save_grads": save_grads,
-                      "sliced_payloads": save_at is not None})
+    opts = CaptureOptions(
+        save=save, detach=detach, device=device, dtype=dtype, halt=halt, intervene=intervene,
+        keep_orphans=keep_orphans, detect_loops=detect_loops, lookback=lookback,
+        lookback_payload_policy=lookback_payload_policy, code_context=code_context,
+        intervention_ready=intervention_ready, save_grads=save_grads, save_at=save_at)
+    done = capture(model, args, input_kwargs, opts, "tl.record")
+    for rule in done.rec.interceptors:  # as tl.trace: a strict rule that matched nothing raises
+        rule.close(done.rec if done.rec.halted else None)  # a halted run checks nothing
+    return Recording(done)
 
 
 _LABEL_TYPE = re.compile(r"^([a-z0-9]+)_\d")

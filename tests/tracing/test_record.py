@@ -141,3 +141,23 @@ def test_pluck_options_detach_and_dtype():
     cheap = pluck(model, x, "0", detach=True, dtype=torch.float16)
     assert not cheap.requires_grad and cheap.dtype == torch.float16
     assert torch.equal(cheap, plain.detach().half())
+
+
+def test_a_recording_made_for_replay_reruns_random_ops_as_tl_trace_does():
+    """tl.record shares tl.trace's capture: intervention_ready snapshots the random state,
+    so a fork of the recording's trace reruns dropout with the recorded masks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(8, 3)).train()
+    x = torch.randn(4, 6)
+    torch.manual_seed(1)
+    via_record = tl.record(model, x, intervention_ready=True).to_trace()
+    torch.manual_seed(1)
+    via_trace = tl.trace(model, x, intervention_ready=True)
+    assert via_record.options.but(rng_state=None) == via_trace.options.but(rng_state=None)
+    assert torch.equal(via_record.options.rng_state["cpu"], via_trace.options.rng_state["cpu"])
+    edit = ("0", tl.scale(2.0))
+    replayed = via_record.fork().intervene(*edit).replay().output
+    rerun = via_record.fork().intervene(*edit).rerun(model, x).output
+    assert torch.equal(replayed, rerun)
+    assert torch.equal(replayed, via_trace.fork().intervene(*edit).replay().output)
