@@ -265,3 +265,27 @@ def test_exceptions_and_warnings_are_defined_in_errors_only():
                     for b in node.bases):
                 found.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert found == ["capture/engine.py:Halt"], found
+
+
+def test_required_dependencies_are_exactly_what_lens_imports():
+    """pyproject's required dependencies are the third-party packages lens/ imports (the
+    extras are imported through lens._optional.require, so they are not counted)."""
+    import re
+    import sys
+
+    pyproject = (ROOT.parent / "pyproject.toml").read_text()
+    block = re.search(r"(?ms)^dependencies = \[(.*?)\]", pyproject)
+    assert block is not None
+    required = {re.split(r"[<>=\[ ]", d.strip().strip('",'))[0]
+                for d in block.group(1).splitlines() if d.strip()}
+    imported = set()
+    for _path, _room, tree in _files():
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "lens":
+                    imported.add(top)
+    assert imported - {"matplotlib", "transformers", "ray", "pyarrow"} == required, imported

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from ..errors import FacetError
@@ -214,7 +215,7 @@ class HeadSplit:
         d_in = weight.shape[0] if proj.in_out else weight.shape[1]
         self.heads, self.d_head = heads, d_in // heads
         w = weight if proj.in_out else weight.t()  # [in, out]
-        self.w = w.reshape(heads, self.d_head, w.shape[1])
+        self.w = rearrange(w, "(h d) o -> h d o", h=heads)
         self.bias = bias
         self.rb = torch.tensor(proj.rows_b, dtype=torch.long, device=weight.device)
         self.rs = torch.tensor(proj.rows_s, dtype=torch.long, device=weight.device)
@@ -235,15 +236,16 @@ class HeadSplit:
 
     def to_facet(self, rows: Tensor) -> Tensor:
         if self.row_major:
-            return rows.reshape(self.batch, self.seq, self.heads, -1).permute(0, 2, 1, 3)
+            return rearrange(rows, "(b s) h o -> b h s o", b=self.batch)
         out = rows.new_zeros(self.batch, self.seq, self.heads, rows.shape[-1])
         out[self.rb.to(rows.device), self.rs.to(rows.device)] = rows
-        return out.permute(0, 2, 1, 3)
+        return rearrange(out, "b s h o -> b h s o")
 
     def from_facet(self, facet: Tensor) -> Tensor:
         if self.row_major:
-            return facet.permute(0, 2, 1, 3).reshape(self.batch * self.seq, self.heads, -1)
-        return facet.permute(0, 2, 1, 3)[self.rb.to(facet.device), self.rs.to(facet.device)]
+            return rearrange(facet, "b h s o -> (b s) h o")
+        by_row = rearrange(facet, "b h s o -> b s h o")
+        return by_row[self.rb.to(facet.device), self.rs.to(facet.device)]
 
 
 class ResultRewrite:

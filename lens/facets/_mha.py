@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
@@ -132,8 +133,7 @@ def run(wts: MhaWeights, named: dict[str, Tensor], edit: tuple[str, Edit] | None
 
     def heads(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
         y = F.linear(x, w, b)  # type: ignore[arg-type]
-        n_seq, n_batch, e = y.shape
-        return y.reshape(n_seq, n_batch, h, e // h).permute(1, 2, 0, 3)
+        return rearrange(y, "s b (h d) -> b h s d", h=h)
 
     q = stage("q", heads(query, wts.w[0], wts.b[0]))
     k = stage("k", heads(key, wts.w[1], wts.b[1]))
@@ -151,8 +151,7 @@ def run(wts: MhaWeights, named: dict[str, Tensor], edit: tuple[str, Edit] | None
     scores = stage("scores", scores)
     pattern = stage("pattern", torch.softmax(scores, dim=-1).nan_to_num(0.0))
     z = stage("z", pattern @ v)
-    e_out = wts.w_o.shape[0]
-    w_o = wts.w_o.reshape(e_out, h, d).to(z.dtype)
+    w_o = rearrange(wts.w_o, "e (h d) -> e h d", h=h).to(z.dtype)
     result = stage("result", torch.einsum("nhld,ehd->nhle", z, w_o))
     total = result.sum(1) + (wts.b_o if wts.b_o is not None else 0)
     out["out"] = total.permute(1, 0, 2)

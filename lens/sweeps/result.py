@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .._optional import new_figure, require
 from ..errors import LensError
 
@@ -78,7 +80,8 @@ class SweepResult:
         else:
             fig = ax.figure
         values = table.to_numpy(dtype=float)
-        lim = float(abs(values[values == values]).max()) if values.size else 1.0
+        finite = np.abs(values[np.isfinite(values)])
+        lim = float(finite.max()) if finite.size else 1.0
         im = ax.imshow(values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         ax.set_yticks(range(table.shape[0]))
         ax.set_yticklabels([_tick(i) for i in table.index], fontsize=7)
