@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .records import Ref
+
 Path = tuple[int | str, ...]
 
 
@@ -64,3 +66,9 @@ def arg_leaves(template: Any) -> Iterator[Any]:
             yield from arg_leaves(x)
     else:
         yield template
+
+
+def template_refs(template: Any) -> Iterator[Ref]:
+    """The op references (:class:`~lens.capture.records.Ref`) in an argument template, in
+    order; parameters (``ParamRef``) and constants are skipped."""
+    return (leaf for leaf in arg_leaves(template) if type(leaf) is Ref)

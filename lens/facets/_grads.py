@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from ..capture.stash import StashKey
+from ..capture.template import template_refs
 from ..errors import FacetError, PayloadError
-from ._graph import _refs, payload, records
+from ._graph import payload, records
 from ._registry import Carrier, FacetGroup
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def _direct(g: Tensor, c: Carrier) -> Tensor:
 def op_inputs(trace: Trace, ci: int) -> list[Tensor]:
     """The saved values of op ``ci``'s activation arguments, in ``site.inputs()`` order."""
     rec = records(trace)[ci]
-    refs = [r for t in (*rec.args, *rec.kwargs.values()) for r in _refs(t)]
+    refs = [r for t in (*rec.args, *rec.kwargs.values()) for r in template_refs(t)]
     return [payload(trace, int(r.op), f"input of op #{ci}") for r in refs]
 
 

@@ -7,13 +7,14 @@ templates), so it also works on traces captured with ``save=False``; values need
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
+from ..capture.template import template_refs
 from ..errors import PayloadError
 
 if TYPE_CHECKING:
@@ -53,20 +54,12 @@ def template_slots(rec: Any, names: Sequence[str]) -> tuple[str, ...]:
     out: list[str] = []
     for i, t in enumerate(rec.args):
         name = names[i] if i < len(names) else f"arg{i}"
-        out.extend(name for _ in _refs(t))
+        out.extend(name for _ in template_refs(t))
     for k, t in rec.kwargs.items():
-        out.extend(k for _ in _refs(t))
+        out.extend(k for _ in template_refs(t))
     return tuple(out)
 
 
-def _refs(t: Any) -> Iterator[Ref]:
-    if isinstance(t, Ref):
-        yield t
-    elif isinstance(t, ParamRef):
-        return
-    elif type(t) in (tuple, list):
-        for x in t:
-            yield from _refs(x)
 
 
 def payload(trace: Trace, ci: int, what: str) -> Tensor:

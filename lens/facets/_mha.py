@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
+from ..capture.template import template_refs
 from ..errors import FacetError
 from ._graph import close, max_error, param, payload, records, template_slots, token
 from ._registry import (
@@ -71,7 +72,7 @@ def detect_mha(trace: Trace, rec: Any, index: StructureIndex, seen: set[Owner]) 
                                            "k_proj_weight", "v_proj_weight",
                                            "in_proj_bias", "out_proj_weight",
                                            "out_proj_bias")]
-    ins = tuple(ci for t in (*rec.args, *rec.kwargs.values()) for ci in _all_refs(t))
+    ins = tuple(r.op for t in (*rec.args, *rec.kwargs.values()) for r in template_refs(t))
     spec = MhaSpec(owner, rec.call_index, ins, template_slots(rec, MHA_ARGS),
                    int(bound["num_heads"]), tuple(names),
                    bool(bound.get("use_separate_proj_weight", False)))
@@ -215,13 +216,6 @@ class MhaGroup(FacetGroup):
     def carrier(self, trace: Trace, name: str) -> Carrier | None:
         return Carrier(self.spec.out, MhaRewrite(MhaWeights(trace, self.spec), self.spec.slots))
 
-
-def _all_refs(t: Any) -> list[int]:
-    if isinstance(t, Ref):
-        return [t.op]
-    if type(t) in (tuple, list):
-        return [ci for x in t for ci in _all_refs(x)]
-    return []
 
 
 class MhaRewrite:

@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from ..capture.records import ParamRef, Ref
+from ..capture.template import template_refs, tensor_leaves
 from ..errors import InterventionError, PayloadError
 from ..tracing import Op
 
@@ -89,7 +90,7 @@ class LiveSite(Site):
         if self.exit_call is not None:  # the module call's inputs that lens recorded
             tmap = self.recorder.tensor_map
             out: dict[int, Tensor] = {}
-            for t in _leaves((args, kwargs)):
+            for _, t in tensor_leaves((args, kwargs), ()):
                 hit = tmap.get(id(t))
                 if hit is not None and hit[1]() is t and hit[0] not in out:
                     out[hit[0]] = t
@@ -127,9 +128,9 @@ class ValueSite(Site):
         if self.exit_call is not None:  # as the module left them (in-place ops included)
             return [self.value_of(_latest(_records_of(self.op), i, self.exit_call))
                     for i in self.exit_call.input_ops]
-        refs = [r for r in _template_refs(self.op.args)]
+        refs = [r for r in template_refs(self.op.args)]
         for v in self.op.kwargs.values():
-            refs.extend(_template_refs(v))
+            refs.extend(template_refs(v))
         return [self.value_of(r.op) for r in refs]
 
     def params(self) -> dict[str, Tensor]:
@@ -202,25 +203,8 @@ def _latest(records: Any, ci: int, call: Any) -> int:
         cur = nxt
 
 
-def _leaves(obj: Any) -> Iterator[Tensor]:
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for x in obj:
-            yield from _leaves(x)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            yield from _leaves(x)
 
 
-def _template_refs(template: Any) -> Iterator[Ref]:
-    if isinstance(template, Ref):
-        yield template
-    elif isinstance(template, ParamRef):
-        return
-    elif type(template) in (tuple, list):
-        for x in template:
-            yield from _template_refs(x)
 
 
 def _paired_params(template: Any, actual: Any) -> Iterator[tuple[str, Tensor]]:

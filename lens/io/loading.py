@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..capture import modes
-from ..capture.records import OP, ModuleCallRecord, OpRecord, ParamRef, RecordTable, Ref
+from ..capture.records import OP, ModuleCallRecord, OpRecord, RecordTable
+from ..capture.template import template_refs
 from ..errors import LoadError, ReplayError
 from ..tracing import Op, Trace
 from ..tracing.layer import LayerInfo
@@ -324,16 +325,6 @@ def _func(r: Reader, kind: str, func_name: str, args: Any, kwargs: dict[str, Any
     return func
 
 
-def _refs(v: Any) -> list[int]:
-    if isinstance(v, Ref):
-        return [v.op]
-    if isinstance(v, ParamRef):
-        return []
-    if isinstance(v, (tuple, list)):
-        return [i for x in v for i in _refs(x)]
-    if isinstance(v, dict):
-        return [i for x in v.values() for i in _refs(x)]
-    return []
 
 
 def _check_graph(ops: list[OpRecord], slots: list[Any], calls: list[ModuleCallRecord]) -> None:
@@ -345,7 +336,8 @@ def _check_graph(ops: list[OpRecord], slots: list[Any], calls: list[ModuleCallRe
         for c in op.child_idx:
             if not op.call_index < c < len(slots) or slots[c] is None:
                 raise LoadError(f"{where}: child {c} is not a later op of the trace.")
-        if not set(_refs((op.args, op.kwargs))) <= set(op.parent_idx):
+        refs = {r.op for t in (op.args, *op.kwargs.values()) for r in template_refs(t)}
+        if not refs <= set(op.parent_idx):
             raise LoadError(f"{where}: its arguments refer to ops that are not its parents.")
         if op.mutates is not None and not 0 <= op.mutates < max(len(op.args), 1):
             raise LoadError(f"{where}: mutated argument {op.mutates} does not exist.")
