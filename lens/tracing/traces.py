@@ -102,13 +102,28 @@ class Trace:
                 if found is not None:
                     by_address.setdefault(call.address, []).append(found)
         for address, outs in by_address.items():
-            unique = tuple(dict.fromkeys(outs))
-            if len(unique) == 1:
-                table[address] = unique[0]
-                unique[0].keys = Op(self, unique[0]).labels | {address}
-            else:
-                table[address] = unique
+            table[address] = self._address_entry(address, outs)
         return table
+
+    def _address_entry(self, address: str, outs: list[OpRecord]
+                       ) -> OpRecord | tuple[OpRecord, ...]:
+        """What a bare module address finds: its one output op (which then also answers
+        to the address), or all of them."""
+        unique = tuple(dict.fromkeys(outs))
+        if len(unique) == 1:
+            unique[0].keys = Op(self, unique[0]).labels | {address}
+            return unique[0]
+        return unique
+
+    def _module_hit(self, key: str) -> OpRecord | tuple[OpRecord, ...] | None:
+        """A bare module address, answered from the module calls without building the
+        whole lookup table (the common first lookup after a capture); the same entry
+        the table holds."""
+        if key not in self.module_info or "_lookup" in self.__dict__:
+            return None
+        outs = [self._by_call[i] for call in self.module_calls if call.address == key
+                for i in call.output_ops if i in self._by_call]
+        return self._address_entry(key, outs) if outs else None
 
     def _wrap(self, key: str, hit: OpRecord | LayerInfo | tuple[OpRecord, ...]) -> Any:
         if isinstance(hit, LayerInfo):
@@ -129,7 +144,9 @@ class Trace:
                 raise LookupKeyError(
                     f"Ordinal {key} is out of range: this trace has {len(self.ops)} ops "
                     f"(valid: {-len(self.ops)} .. {len(self.ops) - 1}).") from None
-        hit = self._lookup.get(key)
+        hit: OpRecord | LayerInfo | tuple[OpRecord, ...] | None = self._module_hit(key)
+        if hit is None:
+            hit = self._lookup.get(key)
         if hit is not None:
             return self._wrap(key, hit)
         if self.options.aliases:  # other libraries' names (lens.facets.aliases)

@@ -139,3 +139,25 @@ def test_op_metadata():
     assert conv.elapsed > 0
     drop = next(op for op in tr.ops if op.type == "dropout")
     assert drop.func_config["p"] == model.classifier[0].p
+
+
+@pytest.mark.parametrize("name", ["tiny_transformer_2block", "alexnet_small", "recurrent_demo"])
+def test_a_module_address_finds_the_same_before_and_after_the_lookup_table(name):
+    """The first lookup of a module address is answered from the module calls alone;
+    the answer is the one the full lookup table gives."""
+    model, args, kwargs = build(get(name))
+    reference = tl.trace(model, *args, input_kwargs=kwargs)
+    addresses = [a for a in reference.module_info if a and a in reference]
+    assert addresses
+    fresh = tl.trace(model, *args, input_kwargs=kwargs)
+    early = {a: fresh[a] for a in addresses}
+    assert "_lookup" not in fresh.__dict__  # answered without building the table
+    fresh.keys()  # now build it
+    for a, hit in early.items():
+        late = fresh[a]
+        if isinstance(hit, tl.Op):
+            assert late == hit and a in hit.labels, a
+        else:
+            assert type(late) is type(hit) and list(late) == list(hit), a
+        assert [o.label for o in (late if not isinstance(late, tl.Op) else [late])] == [
+            o.label for o in (reference[a] if not isinstance(late, tl.Op) else [reference[a]])]
