@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from functools import cached_property
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from ..interventions import Fork
 
 _V = TypeVar("_V")
+# A full label: ``{type}_{type_num}_{total_num}``, optionally ``:{pass}``.
+_FULL_LABEL = re.compile(r"^([a-z0-9]+_\d+_(\d+))(?::(\d+))?$")
 
 
 class Trace:
@@ -115,6 +118,23 @@ class Trace:
             return unique[0]
         return unique
 
+    def _label_hit(self, key: str) -> OpRecord | LayerInfo | None:
+        """A full label (``linear_1_3``, ``linear_1_3:2``), found by its layer number
+        without building the whole lookup table; the same entry the table holds."""
+        found = _FULL_LABEL.match(key)
+        if found is None or key in self.module_info or "_lookup" in self.__dict__:
+            return None
+        base, total, k = found.group(1), int(found.group(2)), found.group(3)
+        if total >= len(self.layer_table) or self.layer_table[total].label != base:
+            return None
+        info = self.layer_table[total]
+        if k is None:
+            return info if len(info.passes) > 1 else self._by_call.get(info.passes[0])
+        k_int = int(k)
+        if not 1 <= k_int <= len(info.passes):
+            return None
+        return self._by_call.get(info.passes[k_int - 1])
+
     def _module_hit(self, key: str) -> OpRecord | tuple[OpRecord, ...] | None:
         """A bare module address, answered from the module calls without building the
         whole lookup table (the common first lookup after a capture); the same entry
@@ -144,7 +164,8 @@ class Trace:
                 raise LookupKeyError(
                     f"Ordinal {key} is out of range: this trace has {len(self.ops)} ops "
                     f"(valid: {-len(self.ops)} .. {len(self.ops) - 1}).") from None
-        hit: OpRecord | LayerInfo | tuple[OpRecord, ...] | None = self._module_hit(key)
+        hit: OpRecord | LayerInfo | tuple[OpRecord, ...] | None = (
+            self._module_hit(key) or self._label_hit(key))
         if hit is None:
             hit = self._lookup.get(key)
         if hit is not None:

@@ -63,8 +63,17 @@ def _payloads(tr: Any) -> list[tuple[Any, torch.Tensor | None]]:
 
 
 def _unchanged(tr: Any, snapshot: list[tuple[Any, torch.Tensor | None]]) -> bool:
-    return all(op.payload is p and (v is None or torch.equal(op.payload, v))
+    # bit-for-bit, NaN included: torch.empty's payload is whatever memory it got (freed
+    # traces hand their memory straight back), and NaN != NaN
+    return all(op.payload is p and (v is None or _same_bits(op.payload, v))
                for op, (p, v) in zip(tr.ops, snapshot, strict=True))
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        return a.shape == b.shape and bool(torch.equal(a.isnan(), b.isnan())) and bool(
+            torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+    return torch.equal(a, b)
 
 
 def _floating_module_calls(tr: Any) -> list[Any]:

@@ -161,3 +161,21 @@ def test_a_module_address_finds_the_same_before_and_after_the_lookup_table(name)
             assert type(late) is type(hit) and list(late) == list(hit), a
         assert [o.label for o in (late if not isinstance(late, tl.Op) else [late])] == [
             o.label for o in (reference[a] if not isinstance(late, tl.Op) else [reference[a]])]
+
+
+@pytest.mark.parametrize("name", ["tiny_transformer_2block", "recurrent_demo", "demo_network"])
+def test_a_full_label_finds_the_same_before_and_after_the_lookup_table(name):
+    model, args, kwargs = build(get(name))
+    fresh = tl.trace(model, *args, input_kwargs=kwargs)
+    keys = [op.label for op in fresh.ops] + [f"{layer.label}:{len(layer)}"
+                                            for layer in fresh.layers]
+    keys += [layer.label for layer in fresh.layers]
+    keys = [k for k in keys if re.fullmatch(r"[a-z0-9]+_\d+_\d+(:\d+)?", k)]  # not input_1
+    assert len(keys) > 5
+    early = {k: fresh[k] for k in keys}
+    assert "_lookup" not in fresh.__dict__  # answered without building the table
+    fresh.keys()
+    for k, hit in early.items():
+        late = fresh[k]
+        assert type(late) is type(hit) and late == hit, k
+    assert any(isinstance(h, tl.Layer) for h in early.values()) or name != "recurrent_demo"
