@@ -102,10 +102,10 @@ def rules_of(intervene: Any) -> list[Rule | Interceptor]:
     return out
 
 
-def added_modules(intervene: Any, addresses: Collection[str]) -> set[str]:
+def added_modules(rules: list[Rule | Interceptor], addresses: Collection[str]) -> set[str]:
     """Addresses the rules record modules under besides the model's (spliced modules)."""
     found: set[str] = set()
-    for r in rules_of(intervene):
+    for r in rules:
         if isinstance(r, Rule):
             found |= r.added_modules(addresses)
     return found

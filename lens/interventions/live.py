@@ -30,10 +30,10 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         return model(*args, **kwargs)
     top = hooked_module(model)
     modules = module_map(top) if top is not None else {}
-    addresses = set(modules) | added_modules(intervene, set(modules))
+    specs = rules_of(intervene)
+    addresses = set(modules) | added_modules(specs, set(modules))
     context = {"model": model, "args": args, "kwargs": kwargs,
                "module_addresses": addresses}
-    specs = rules_of(intervene)
     validate_rules(specs, addresses)
     plan = hook_plan(specs, addresses) if top is not None and top is model else None
     if plan is not None:  # every rule decided at module exits: hooks, no function mode

@@ -23,7 +23,6 @@ from ..capture import (
 )
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.interceptors import (
-    Interceptor,
     added_modules,
     bind_rules,
     rules_of,
@@ -177,11 +176,13 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                 "every payload whole (replay reads them). Drop one of the two.")
         payload = SlicedPayload(o.save_at, o.detach, o.device, o.dtype)
     index = ModelIndex(hooked_module(model))
-    addresses = index.addresses | added_modules(o.intervene, index.addresses)
+    rules = rules_of(o.intervene)
+    addresses = index.addresses | added_modules(rules, index.addresses)
     payloads = _payload_policy(o.lookback_payload_policy)
     save_sel, policy = _policy(o.save, addresses, o.lookback, o.intervention_ready, payloads)
     halt_fn = halt_predicate(o.halt, addresses) if o.halt is not None else None
-    interceptors = _interceptors(o.intervene, addresses, {
+    validate_rules(rules, addresses)
+    interceptors = bind_rules(rules, {
         "model": model, "args": args, "kwargs": kwargs, "module_addresses": addresses})
     if o.save_grads is not False and o.save_grads is not None:
         interceptors = (*interceptors, GradCapture(o.save_grads, addresses))
@@ -301,14 +302,6 @@ def _policy(save: Any, addresses: set[str], lookback: int | None,
     if intervention_ready:
         return sel, SaveAll()
     return sel, SelectorPolicy(sel, lookback or 0, payloads)
-
-
-def _interceptors(intervene: Any, addresses: set[str],
-                  context: dict[str, Any]) -> tuple[Interceptor, ...]:
-    """Validate the rules of ``intervene=`` against the model, then bind them to this run."""
-    rules = rules_of(intervene)
-    validate_rules(rules, addresses)
-    return bind_rules(rules, context)
 
 
 def _model_name(model: Any) -> str:
