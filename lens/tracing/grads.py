@@ -63,18 +63,12 @@ class _Store:
         if rec is None:  # the trace is gone: nobody can read this gradient
             return
         if self.check is not None:
-            trace = self.owner.trace() if self.owner is not None else None
+            ref = self.owner.trace if self.owner is not None else None
+            trace = ref() if ref is not None else None
             if trace is None or not self.check.decide(Op(trace, rec), "final"):
                 return
         old = getattr(rec, "grad", None)
         rec.grad = grad if old is None else old + grad
-
-
-def _no_trace() -> None:
-    return None
-
-
-_NO_TRACE: Any = _no_trace
 
 
 class GradCapture(Interceptor):
@@ -90,7 +84,7 @@ class GradCapture(Interceptor):
         self._all = sel is ALL
         self._live = sel.timing == "live"
         self._deferred = None if self._live else SelectorPolicy(sel)
-        self.trace: weakref.ref[Trace] = _NO_TRACE  # the finished trace (see bind)
+        self.trace: weakref.ref[Trace] | None = None  # the finished trace (see bind)
 
     def bind(self, trace: Trace) -> None:
         """The trace this run built: gradients decided on final labels look ops up there."""
