@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tests.models.misc import ResidualMLP
+
 from .memory import _CLEAR, _kib
 
 
@@ -36,18 +38,7 @@ def _model(saved_target: int, width: int = 512, batch: int = 2048) -> tuple[nn.M
     per_layer = 3 * batch * width * 4  # linear, relu, add outputs (fp32)
     depth = max(1, saved_target // per_layer)
     torch.manual_seed(0)
-
-    class Deep(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for lin in self.layers:
-                x = torch.relu(lin(x)) + x
-            return x
-
-    return Deep().eval(), torch.randn(batch, width)
+    return ResidualMLP(width, depth).eval(), torch.randn(batch, width)
 
 
 def main(cap_mb: int = 64) -> dict[str, float]:

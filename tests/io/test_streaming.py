@@ -12,20 +12,8 @@ from torch import nn
 
 import lens as tl
 from lens.errors import LoadError
+from tests.models.misc import ResidualMLP
 from tests.models.mutation import InputClamp, ViewWrite, _masked_fill, _slice_zero
-
-
-class Wide(nn.Module):
-    """Saves ~40 KB of payloads per call at width 64, batch 8 (fp32)."""
-
-    def __init__(self, width: int = 64, depth: int = 4) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for lin in self.layers:
-            x = torch.relu(lin(x)) + x
-        return x
 
 
 def _payload_bytes(trace: tl.Trace) -> int:
@@ -49,7 +37,7 @@ def _streamed(model: nn.Module, x: torch.Tensor, path: os.PathLike[str], shard: 
 
 def test_capture_several_times_the_shard_size_reads_back_equal(tmp_path):
     torch.manual_seed(0)
-    model, x = Wide().eval(), torch.randn(8, 64)
+    model, x = ResidualMLP().eval(), torch.randn(8, 64)
     ref = tl.trace(model, x)
     cap = 2048
     assert _payload_bytes(ref) > 4 * cap  # the capture saves several times the cap
@@ -64,7 +52,7 @@ def test_capture_several_times_the_shard_size_reads_back_equal(tmp_path):
 
 def test_folder_loads_eager_and_lazy_equal(tmp_path):
     torch.manual_seed(1)
-    model, x = Wide(depth=3).eval(), torch.randn(4, 64)
+    model, x = ResidualMLP(depth=3).eval(), torch.randn(4, 64)
     ref = tl.trace(model, x)
     _streamed(model, x, tmp_path / "t", 2048)
     eager = tl.load(tmp_path / "t")
@@ -82,7 +70,7 @@ def test_folder_loads_eager_and_lazy_equal(tmp_path):
 
 def test_save_options_apply_before_streaming(tmp_path):
     torch.manual_seed(2)
-    model, x = Wide(depth=2).eval(), torch.randn(4, 64)
+    model, x = ResidualMLP(depth=2).eval(), torch.randn(4, 64)
     ref = tl.trace(model, x, save=tl.module("layers.1"), dtype=torch.float16)
     streamed = tl.trace(model, x, save=tl.module("layers.1"), dtype=torch.float16,
                         storage=tl.to_disk(tmp_path / "t", shard_bytes=512))
@@ -127,7 +115,7 @@ def test_writes_into_the_input_stream_values_before_and_after(tmp_path):
 
 def _stream_small(tmp_path):
     torch.manual_seed(5)
-    _streamed(Wide(depth=2).eval(), torch.randn(2, 64), tmp_path / "t", 256)
+    _streamed(ResidualMLP(depth=2).eval(), torch.randn(2, 64), tmp_path / "t", 256)
     return tmp_path / "t"
 
 
@@ -200,17 +188,17 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         tl.to_disk(tmp_path, shard_bytes=0)
     with pytest.raises(TypeError):
-        tl.trace(Wide(depth=1), torch.randn(1, 64), storage=str(tmp_path))
+        tl.trace(ResidualMLP(depth=1), torch.randn(1, 64), storage=str(tmp_path))
     with pytest.raises(LoadError):
         tl.load(tmp_path, lazy="yes")  # type: ignore[arg-type]
     (tmp_path / "other.txt").write_text("x")
     with pytest.raises(ValueError):  # a folder that is not a trace, as tl.save refuses
-        tl.trace(Wide(depth=1), torch.randn(1, 64), storage=tl.to_disk(tmp_path))
+        tl.trace(ResidualMLP(depth=1), torch.randn(1, 64), storage=tl.to_disk(tmp_path))
 
 
 def test_live_edit_streams_the_edited_value(tmp_path):
     torch.manual_seed(6)
-    model, x = Wide(depth=2).eval(), torch.randn(4, 64)
+    model, x = ResidualMLP(depth=2).eval(), torch.randn(4, 64)
     rule = tl.when(tl.func("relu"), tl.scale(0.5))
     ref = tl.trace(model, x, intervene=rule)
     streamed = tl.trace(model, x, intervene=rule,
@@ -228,7 +216,7 @@ def test_a_streamed_trace_is_freed_by_refcount(tmp_path):
     import weakref
 
     torch.manual_seed(7)
-    model, x = Wide(depth=2).eval(), torch.randn(2, 64)
+    model, x = ResidualMLP(depth=2).eval(), torch.randn(2, 64)
     was = gc.isenabled()
     gc.collect()
     gc.disable()

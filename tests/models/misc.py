@@ -10,6 +10,21 @@ from torch import nn
 from ._registry import register
 
 
+class ResidualMLP(nn.Module):
+    """``x = relu(linear(x)) + x``, ``depth`` times (not in the zoo): each layer saves
+    three activations of ``x``'s size, so the payload volume is set by width and depth
+    (streaming-capture tests and the streaming benchmark)."""
+
+    def __init__(self, width: int = 64, depth: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for lin in self.layers:
+            x = torch.relu(lin(x)) + x
+        return x
+
+
 class InplaceOps(nn.Module):
     """In-place ops on tensors computed inside the model (never on the input)."""
 
