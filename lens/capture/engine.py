@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import funcs, modes, rng, storage
 from .frames import user_stack
+from .hooks import ModuleHooks
 from .interceptors import Interceptor
 from .model_index import ModelIndex
 from .records import (
@@ -39,6 +40,7 @@ from .records import (
 )
 from .template import rebuild as _rebuild
 from .template import tensor_leaves as _tensor_leaves
+from .template import tensors_in as _tensors_in
 
 
 class SavePolicy(Protocol):
@@ -139,6 +141,7 @@ class Recorder(TorchFunctionMode):
         # tensor's _version when mapped: a later write through any view bumps it)
         self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor], Ref, int]] = {}
         self.store = storage.StorageLog()  # writes and kept payloads, by storage
+        self._kept_log = self.store.kept
         self._sources: list[Tensor] = []  # inputs, buffers, constants: outlive the pass
         self.index = index if index is not None else ModelIndex(model)
         self.params = self.index.params
@@ -166,31 +169,44 @@ class Recorder(TorchFunctionMode):
              out_index: tuple[int | str, ...] = (), call_id: int = -1,
              mutates: int | None = None, address: str | None = None,
              force_save: bool = False) -> OpRecord:
+        op = OpRecord(self._ops_ref, len(self.ops), kind, func, name, type_, args, kwargs,
+                      parents, None, tensor, self.ctx, params, elapsed, out_index, call_id,
+                      mutates, address)
+        self._enter(op, tensor, force_save)
+        if kind is not OP and kind is not OUTPUT and kind is not IDENTITY:
+            self._sources.append(tensor)
+        return op
+
+    def _enter(self, op: OpRecord, tensor: Tensor, force_save: bool = False) -> None:
+        """Add a new record (made for ``tensor``) to the recording: link it to its
+        parents, decide or hold its payload, and map the tensor to it."""
         ops = self.ops
-        idx = len(ops)
-        op = OpRecord(self._ops_ref, idx, kind, func, name, type_, args, kwargs, parents, None,
-                      tensor, self.ctx, params, elapsed, out_index, call_id, mutates, address)
+        idx = op.call_index
         if self.step:
             op.step = self.step
         ops.append(op)
-        for p in parents:
+        for p in op.parent_idx:
             ops[p].child_idx.append(idx)
         if force_save or self._save_all:
-            self._keep(op, tensor)
+            if self._plain_payload:
+                op._payload = tensor
+                op._saved = True
+            else:
+                self._keep(op, tensor)
         elif not self._save_none:
             decision = self.policy.decide(op, "live")
             if decision:
                 self._keep(op, tensor)
             elif decision is None:
                 self._hold(idx, tensor)
-        self.store.kept(idx)
-        if kind is not OP and kind is not OUTPUT and kind is not IDENTITY:
-            self._sources.append(tensor)
-        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), Ref(idx),
-                                       storage.version(tensor))
+        self._kept_log(idx)
+        try:
+            v = tensor._version
+        except RuntimeError:  # inference tensors have no version counter
+            v = -1
+        self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), _ref(Ref, (idx,)), v)
         if self.pending and self.policy.lookback:
             self._drain_window(idx)
-        return op
 
     def _keep(self, op: OpRecord, tensor: Tensor) -> None:
         if self._plain_payload:
@@ -363,7 +379,20 @@ class Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
-        fi = funcs.info(func)
+        try:
+            fi = _INFO[func]
+        except (KeyError, TypeError):  # first call of func, or an unhashable callable
+            fi = funcs.info(func)
+        if fi.plain and not (kwargs and "out" in kwargs):
+            # The common case: no write, no draw. Record it without the checks below.
+            mode = _current_mode()
+            t0 = perf_counter()
+            out = func(*args, **kwargs) if kwargs else func(*args)
+            elapsed = perf_counter() - t0
+            if isinstance(out, _TENSOR):
+                return self._record_plain(func, fi, args, kwargs, out, elapsed, mode)
+            self._draw, self._mode = None, mode
+            return self._dispatch(func, fi, args, kwargs or {}, out, elapsed, None, None)
         if fi.query:
             return func(*args, **kwargs) if kwargs else func(*args)
         if kwargs is None:
@@ -381,7 +410,7 @@ class Recorder(TorchFunctionMode):
         first = len(self.ops)
         self._draw = (rng.snapshot(kwargs) if fi.random and rng.draws(fi.name, args, kwargs)
                       else None)
-        self._mode = modes.current()
+        self._mode = _current_mode()
         t0 = perf_counter()
         out = func(*args, **kwargs)
         elapsed = perf_counter() - t0
@@ -417,6 +446,48 @@ class Recorder(TorchFunctionMode):
         if len(parents) > 1:
             parents = list(dict.fromkeys(parents))
         return targs, tkwargs, tuple(parents), tuple(params)
+
+    def _record_plain(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
+                      kwargs: dict[str, Any] | None, out: Tensor, elapsed: float,
+                      mode: modes.Mode | None) -> Tensor:
+        """:meth:`_record` for a plain call (see ``FuncInfo.plain``), with the template of
+        already-recorded tensor and constant arguments made inline."""
+        parents: list[int] = []
+        params: list[str] = []
+        tmap = self.tensor_map
+        targs: list[Any] = []
+        for a in args:
+            if type(a) in _ATOMS:
+                targs.append(a)
+                continue
+            if isinstance(a, _TENSOR):
+                hit = tmap.get(id(a))
+                if hit is not None and hit[1]() is a:
+                    try:
+                        v = a._version
+                    except RuntimeError:
+                        v = -1
+                    if v == hit[3] and v >= 0:  # unchanged since it was recorded
+                        parents.append(hit[0])
+                        targs.append(hit[2])
+                        continue
+            targs.append(self._arg(a, parents, params))
+        tkwargs = {k: self._arg(v, parents, params) for k, v in kwargs.items()} if kwargs else {}
+        if len(parents) > 1:
+            parents = list(dict.fromkeys(parents))
+        self.next_call_id += 1
+        op = OpRecord(self._ops_ref, len(self.ops), OP, func, fi.name, fi.type, tuple(targs),
+                      tkwargs, tuple(parents), None, out, self.ctx, tuple(params), elapsed, (),
+                      self.next_call_id, None)
+        op.mode = mode
+        self._enter(op, out)
+        if self.code_context:
+            op.code = user_stack()
+        if self.interceptors:
+            self.current_inputs = (args, kwargs or {})
+        elif self.halt is None:
+            return out
+        return self._after(op, out)
 
     def _record(self, func: Any, fi: funcs.FuncInfo, args: tuple[Any, ...],
                 kwargs: dict[str, Any], out: Tensor, elapsed: float,
@@ -515,11 +586,12 @@ class Recorder(TorchFunctionMode):
         call = ModuleCallRecord(address, n, type(module).__name__, parent, len(self.ops),
                                 len(self.ctx))
         ins: list[int] = []
-        for _, t in _tensor_leaves((args, kwargs), ()):
+        for t in _tensors_in(args, kwargs):
             i = self._lookup(t)
             if i is not None:
                 ins.append(i)
-        call.input_ops = tuple(dict.fromkeys(ins))
+        if ins:
+            call.input_ops = tuple(dict.fromkeys(ins)) if len(ins) > 1 else (ins[0],)
         self.module_calls.append(call)
         self.ctx = (*self.ctx, call)
 
@@ -528,27 +600,29 @@ class Recorder(TorchFunctionMode):
             return None  # another thread's call (see _pre_hook); rest may lack kwargs
         kwargs, output = rest
         call = None
-        for i in range(len(self.ctx) - 1, -1, -1):  # robust to calls that raised inside
-            if self.module_names.get(id(module)) == self.ctx[i].address:
-                call = self.ctx[i]
-                self.ctx = self.ctx[:i]
+        address = self.module_names.get(id(module))
+        ctx = self.ctx
+        for i in range(len(ctx) - 1, -1, -1):  # robust to calls that raised inside
+            if ctx[i].address == address:
+                call = ctx[i]
+                self.ctx = ctx[:i]
                 break
         if call is None:
             return None
+        outer, inner = self.ctx, (*self.ctx, call)
         replaced: dict[tuple[int | str, ...], Tensor] = {}
-        for path, t in _tensor_leaves(output, ()):
-            self.ctx = (*self.ctx, call)  # a refresh made here belongs to the module
+        leaves = [((), output)] if isinstance(output, _TENSOR) else _tensor_leaves(output, ())
+        for path, t in leaves:
+            self.ctx = inner  # a refresh or identity made here belongs to the module
             idx = self._lookup(t)
-            self.ctx = self.ctx[:-1]
             if idx is None or idx < call.first_op:
                 # The module returned a tensor it did not compute (nn.Identity): give the
                 # module an explicit identity op so it has an output of its own.
-                self.ctx = (*self.ctx, call)
                 parents: list[int] = []
                 targ = self._arg(t, parents, [])
                 op = self._new(IDENTITY, None, "identity", "identity", (targ,), {},
                                tuple(parents), t)
-                self.ctx = self.ctx[:-1]
+                self.ctx = outer
                 if self.interceptors:
                     self.current_inputs = ((t,), {})
                 with torch._C.DisableTorchFunction():  # hooks run with the mode active
@@ -556,6 +630,7 @@ class Recorder(TorchFunctionMode):
                 if new is not t:
                     replaced[path] = new
                 idx = op.call_index
+            self.ctx = outer
             rec = self.ops[idx]
             rec.output_of.append(call)
             call.output_ops.append(idx)
@@ -619,23 +694,19 @@ class Recorder(TorchFunctionMode):
     @contextmanager
     def attached(self) -> Iterator[Recorder]:
         """Hooks on every module and the function mode, removed on exit (also on error)."""
-        handles = []
         # Module hooks are global to the module object; the function mode is per thread
         # (torch keeps the mode stack thread-local). Only this thread's calls are ours.
         self.thread = threading.get_ident()
+        hooks = None
         try:
             if self.model is not None:
-                for m in self.model.modules():
-                    if m is self.model:
-                        continue  # the root's ops are "top level", not inside a module
-                    handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-                    handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True,
-                                                           always_call=False))
+                # the root's ops are "top level", not inside a module
+                hooks = ModuleHooks(self.index.submodules, self._pre_hook, self._post_hook)
             with self:
                 yield self
         finally:
-            for h in handles:
-                h.remove()
+            if hooks is not None:
+                hooks.remove()
             self.ctx = ()
 
     def finish(self, final: Callable[[OpRecord], Any] | None = None) -> None:
@@ -657,7 +728,12 @@ class Recorder(TorchFunctionMode):
 
 Path = tuple[int | str, ...]
 Template = tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], tuple[str, ...]]
-# Functions that may write into an argument as a side effect (see storage.side_writes).
-_SIDE = frozenset({"batch_norm", "instance_norm"})
+_SIDE = funcs.SIDE_WRITES
+_INFO = funcs._CACHE
+_current_mode = modes.current
+_ref = tuple.__new__  # Ref(i) without NamedTuple's Python-level __new__
+# Argument types kept as they are in a template, found by one type() check.
+_ATOMS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device,
+                    torch.memory_format, torch.layout})
 
 

@@ -29,6 +29,13 @@ class FuncInfo(NamedTuple):
     query: bool = False  # a metadata query that never returns a tensor (shape, dim, ...)
     random: bool = False  # may draw random numbers (see lens.capture.rng)
     divides: bool = False  # type depends on the call: 'truediv' unless a rounding_mode
+    # none of the above and no side writes: the engine's fast path records it (unless
+    # called with ``out=``)
+    plain: bool = False
+
+
+# Functions that may write into an argument as a side effect (see storage.side_writes).
+SIDE_WRITES = frozenset({"batch_norm", "instance_norm"})
 
 
 # Division through div/divide/true_divide: true division is recorded as 'truediv' (the
@@ -107,7 +114,10 @@ def _compute(func: Any) -> FuncInfo:
     query = name in _QUERIES and (getattr(func, "__self__", None) is not None
                                   or getattr(func, "__objclass__", None) is not None)
     type_ = op_type(name)
-    return FuncInfo(name, type_, inplace_arg, flag, query, may_draw(name), type_ in _DIVISIONS)
+    random, divides = may_draw(name), type_ in _DIVISIONS
+    plain = (inplace_arg is None and flag is None and not query and not random
+             and not divides and name not in SIDE_WRITES)
+    return FuncInfo(name, type_, inplace_arg, flag, query, random, divides, plain)
 
 
 def mutated_arg(fi: FuncInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:

@@ -44,12 +44,23 @@ def _autocast_now() -> tuple[tuple[str, torch.dtype], ...]:
                  if torch.is_autocast_enabled(d))
 
 
+_grad_on = torch._C.is_grad_enabled
+_inference_on = torch._C.is_inference_mode_enabled
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
 def current() -> Mode | None:
     """The mode ops run under now; ``None`` when it is the default (grad on, nothing
-    else)."""
-    grad = torch.is_grad_enabled()
-    autocast = _autocast_now() if torch._C._is_any_autocast_enabled() else ()
-    inference = torch.is_inference_mode_enabled()
+    else). Two C calls in the common cases (grad on, or off without inference mode)."""
+    if _any_autocast():
+        return _interned(_grad_on(), _inference_on(), _autocast_now())
+    if not _inference_on():
+        return None if _grad_on() else _NO_GRAD
+    return _INFERENCE if not _grad_on() else _interned(True, True, ())
+
+
+def _interned(grad: bool, inference: bool,
+              autocast: tuple[tuple[str, torch.dtype], ...]) -> Mode | None:
     if grad and not inference and not autocast:
         return None
     key = (grad, inference, autocast)
@@ -57,6 +68,10 @@ def current() -> Mode | None:
     if mode is None:
         mode = _INTERNED.setdefault(key, Mode(grad, inference, autocast))
     return mode
+
+
+_NO_GRAD = _interned(False, False, ())
+_INFERENCE = _interned(False, True, ())
 
 
 @contextmanager

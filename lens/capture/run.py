@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import CaptureError, ModelTypeError
 from .engine import Halt, Recorder
+from .model_index import scripted_submodule
 from .template import tensor_leaves as _tensor_leaves
 
 _HOW_TO_CALL = (
@@ -22,8 +23,10 @@ _HOW_TO_CALL = (
 )
 
 
-def check_model(model: Any) -> None:
-    """Refuse what lens cannot trace, saying what to pass instead."""
+def check_model(model: Any, submodules: bool = True) -> None:
+    """Refuse what lens cannot trace, saying what to pass instead. ``submodules=False``
+    skips the walk for TorchScript submodules (a :class:`ModelIndex` of the model, built
+    next, refuses them itself)."""
     if isinstance(model, torch.jit.ScriptModule):
         raise ModelTypeError(
             f"{type(model).__name__} is a TorchScript module: its ops run inside the "
@@ -34,7 +37,7 @@ def check_model(model: Any) -> None:
         raise ModelTypeError(
             "This model was wrapped by torch.compile; compiled graphs hide their ops from "
             "lens. Trace the original module instead: tl.trace(model._orig_mod, ...).")
-    if isinstance(model, nn.Module):
+    if submodules and isinstance(model, nn.Module):
         _check_submodules(model)
     if getattr(model, "_torchdynamo_orig_callable", None) is not None:
         raise ModelTypeError(
@@ -47,16 +50,11 @@ def check_model(model: Any) -> None:
 
 
 def _check_submodules(model: nn.Module) -> None:
-    """A TorchScript submodule refuses the hooks lens puts on every module (torch raises a
-    bare RuntimeError), and its ops would be invisible anyway: say so, by address."""
+    """A TorchScript submodule cannot be traced: say so, by address (see
+    :func:`scripted_submodule`)."""
     for address, module in model.named_modules():
         if address and isinstance(module, torch.jit.ScriptModule):
-            raise ModelTypeError(
-                f"Submodule {address!r} is a TorchScript module "
-                f"({type(module).__name__}): its ops run inside the TorchScript "
-                "interpreter, where lens cannot see them, and it takes no hooks. Put the "
-                f"eager module back before tracing (model.{address} = <the nn.Module you "
-                "scripted>); tl.compat.report(model, x) lists every such part.")
+            raise ModelTypeError(scripted_submodule(address, module))
 
 
 def _compiled_module_type() -> type | None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..selectors._scope import Scope
 from .engine import Halt, PayloadOptions
+from .model_index import ModelIndex
 from .template import rebuild as _rebuild
 from .template import tensor_leaves as _tensor_leaves
 
@@ -33,13 +34,7 @@ ExitEdit = Callable[[str, int, Tensor], Tensor]
 def module_map(model: nn.Module) -> dict[str, nn.Module]:
     """Every submodule by address; a module reachable under two names keeps its first
     (as the full capture names it)."""
-    seen: set[int] = set()
-    out: dict[str, nn.Module] = {}
-    for address, mod in model.named_modules(remove_duplicate=False):
-        if id(mod) not in seen and address:
-            seen.add(id(mod))
-            out[address] = mod
-    return out
+    return ModelIndex(model).modules
 
 
 def hits(scope: Scope | None, address: str, n: int) -> bool:

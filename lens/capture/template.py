@@ -25,6 +25,25 @@ def tensor_leaves(obj: Any, path: Path) -> Iterator[tuple[Path, Tensor]]:
             yield from tensor_leaves(x, (*path, k))
 
 
+def tensors_in(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> list[Tensor]:
+    """Every tensor in a call's arguments (nested tuples/lists/dicts), in order: what
+    :func:`tensor_leaves` yields without the paths, made without generators (module
+    hooks ask this on every module call)."""
+    found: list[Tensor] = []
+    for a in args:
+        if isinstance(a, Tensor):
+            found.append(a)
+        elif isinstance(a, (tuple, list, dict)):
+            found.extend(t for _, t in tensor_leaves(a, ()))
+    if kwargs:
+        for a in kwargs.values():
+            if isinstance(a, Tensor):
+                found.append(a)
+            elif isinstance(a, (tuple, list, dict)):
+                found.extend(t for _, t in tensor_leaves(a, ()))
+    return found
+
+
 def rebuild(obj: Any, path: Path, replaced: dict[Path, Tensor]) -> Any:
     """``obj`` with the tensors at ``replaced``'s paths swapped in (same container types)."""
     if path in replaced:

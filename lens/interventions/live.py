@@ -8,7 +8,6 @@ from ..capture import Recorder, SaveNone, check_model, hooked_module, run_forwar
 from ..capture.args import check_input_kwargs
 from ..capture.interceptors import added_modules, bind_rules, rules_of, validate_rules
 from ..capture.model_index import ModelIndex
-from ..capture.sparse import module_map
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -23,13 +22,14 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     action reads only the value it edits (zero/mean ablation, scale, steer, clamp,
     projections, constants, one-argument functions), the run uses forward hooks on just
     those modules and records no op: the same output, at the cost of plain hooks."""
-    check_model(model)
+    check_model(model, submodules=False)  # (the ModelIndex below checks them)
     check_input_kwargs("tl.run", input_kwargs)
     kwargs = dict(input_kwargs or {})
     if intervene is None:
         return model(*args, **kwargs)
     top = hooked_module(model)
-    modules = module_map(top) if top is not None else {}
+    index = ModelIndex(top)
+    modules = index.modules
     specs = rules_of(intervene)
     addresses = set(modules) | added_modules(specs, set(modules))
     context = {"model": model, "args": args, "kwargs": kwargs,
@@ -39,7 +39,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     if plan is not None:  # every rule decided at module exits: hooks, no function mode
         return run_on_hooks(model, plan, args, kwargs, modules)
     rules = bind_rules(specs, context)
-    rec = Recorder(top, policy=SaveNone(), interceptors=rules, index=ModelIndex(top))
+    rec = Recorder(top, policy=SaveNone(), interceptors=rules, index=index)
     output = run_forward(model, rec, args, kwargs)
     rec.finish()
     for r in rules:

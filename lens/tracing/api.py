@@ -163,7 +163,7 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
              opts: CaptureOptions) -> tuple[Recorder, Selector | None]:
     """Check the model and set up a Recorder for one call."""
     o = opts
-    check_model(model)
+    check_model(model, submodules=False)  # (the ModelIndex below checks them)
     check_options("tl.trace", lookback=o.lookback, device=o.device, dtype=o.dtype,
                   detach=o.detach, code_context=o.code_context,
                   intervention_ready=o.intervention_ready)

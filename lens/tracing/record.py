@@ -193,7 +193,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
             raise LookupKeyError("tl.pluck(model, *inputs, site): name the site to read, "
                                  "e.g. tl.pluck(model, x, 'relu_1_2').")
         args, site = args[:-1], args[-1]
-    check_model(model)
+    check_model(model, submodules=False)  # (the ModelIndex below checks them)
     index = ModelIndex(hooked_module(model))
     sel = _site_selector(site, index.addresses)
     opts = {"detach": detach, "device": device, "dtype": dtype}
