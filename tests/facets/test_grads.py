@@ -167,7 +167,8 @@ def test_readme_example_runs_and_matches():
         return (logits * _weights(logits)).sum()
 
     scope = {"tl": tl, "model": fused, "ids": ids, "metric": metric,
-             "clean_ids": torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(9))}
+             "clean_ids": torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(9)),
+             "corrupt_ids": ids}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
     want = _gpt2_truth(eager, ids)
     assert torch.allclose(scope["g_z"], want["z"], atol=1e-6)

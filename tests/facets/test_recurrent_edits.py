@@ -229,7 +229,8 @@ def test_the_readme_example_edits_one_unit_at_one_step():
     x = torch.randn(2, 5, 3)
     text = (Path(__file__).parents[2] / "README.md").read_text()
     section = text.split("## Editing a recurrence step by step", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    # the section's second block: the first builds its own model (replaced here by ours)
+    code = section.split("```python\n", 2)[2].split("```", 1)[0]
     trace = tl.trace(model, x, intervention_ready=True)
     scope = {"tl": tl, "torch": torch, "model": model, "x": x, "trace": trace}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
