@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,8 @@ def test_every_readme_python_block_runs(tmp_path: Path,
         scope, skipped = run_blocks(found)
     finally:
         torch.set_num_threads(threads)
+        if "matplotlib.pyplot" in sys.modules:  # res.heatmap() opened figures
+            sys.modules["matplotlib.pyplot"].close("all")
     assert skipped == sum(b.skip is not None for b in found)
     assert skipped <= len(found) // 4, (
         f"{skipped} of {len(found)} README blocks are skipped; make them runnable")
@@ -154,3 +157,42 @@ def test_a_failing_block_names_its_line_and_source() -> None:
     assert "block at line 7" in text and "at README.md line 8: boom" in text
     assert "   8  raise ValueError('boom')" in text
     assert 'README.md", line 8' in text  # the traceback points into README.md too
+
+
+def _resolve(root: Any, dotted: str) -> bool:
+    obj = root
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_every_lens_name_the_docs_mention_exists() -> None:
+    import lens
+
+    text = README.read_text() + "".join(
+        p.read_text() for p in sorted((README.parent / "tutorials").glob("[0-9]*.py")))
+    # tl.trace, tl.sweep.patching, tl.compat.report (the prose too, not only the code)
+    named = set(re.findall(r"\btl\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", text))
+    assert {"trace", "validate", "sweep.patching"} <= named
+    missing = sorted(n for n in named if not _resolve(lens, n))
+    assert not missing, f"the docs name tl.{missing} that lens does not have"
+    top = {n.split(".")[0] for n in named}
+    assert top <= set(lens.__all__), sorted(top - set(lens.__all__))
+    # `Bundle.plot`, `SweepResult.heatmap`, `LensError`: public classes and their methods
+    quoted = set(re.findall(r"`([A-Z]\w*(?:\.\w+)?)`", README.read_text()))
+    public = {q for q in quoted if q.split(".")[0] in lens.__all__}
+    assert {"LensError", "Bundle.plot", "SweepResult.heatmap"} <= public
+    assert all(_resolve(lens, q) for q in public), sorted(
+        q for q in public if not _resolve(lens, q))
+
+
+def test_the_actions_list_names_public_actions() -> None:
+    import lens
+
+    text = README.read_text()
+    para = text.split("\nActions: ", 1)[1].split("\n\n", 1)[0]
+    names = re.findall(r"`(\w+)`", para)
+    assert len(names) >= 10 and set(names) <= set(lens.__all__), names
+    assert all(callable(getattr(lens, n)) for n in names)
