@@ -206,7 +206,7 @@ class Recorder(TorchFunctionMode):
             v = -1
         self.tensor_map[id(tensor)] = (idx, weakref.ref(tensor), _ref(Ref, (idx,)), v)
         if self.pending and self.policy.lookback:
-            self._drain_window(idx)
+            self._drain_lookback(idx)
 
     def _keep(self, op: OpRecord, tensor: Tensor) -> None:
         if self._plain_payload:
@@ -223,7 +223,7 @@ class Recorder(TorchFunctionMode):
                 tensor = tensor.detach()
         self.pending[idx] = tensor
 
-    def _drain_window(self, idx: int) -> None:
+    def _drain_lookback(self, idx: int) -> None:
         edge = idx - self.policy.lookback
         for j in [j for j in self.pending if j <= edge]:
             decision = self.policy.decide(self.ops[j], "lookahead")

@@ -23,7 +23,7 @@ class SelectorPolicy:
 
     A selector that reads an op's consumers (``tl.followed_by``) is decided either on the
     finished pass (``lookback=0``: exact; every candidate's payload is held until the end)
-    or ``lookback`` ops after the op. In that window, ``payload_policy='detached_raw'``
+    or ``lookback`` ops after the op. Until then, ``payload_policy='detached_raw'``
     holds each candidate's payload detached (and before ``device=``/``dtype=`` are
     applied), so at most ``lookback`` of them are alive at once; ``'metadata_only'`` holds
     none, which cannot save a lookahead match and is refused.
@@ -33,7 +33,7 @@ class SelectorPolicy:
                  payload_policy: PayloadPolicy = "metadata_only") -> None:
         self.selector = selector
         self.rank = STAGE_RANK[selector.timing]
-        # A lookahead selector with no window waits for the end of the pass (exact).
+        # A lookahead selector with no lookback waits for the end of the pass (exact).
         self.lookback = lookback if self.rank == 2 else 0
         self.detach_pending = payload_policy == "detached_raw"
         if self.lookback and not self.detach_pending:

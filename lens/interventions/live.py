@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..capture import Recorder, SaveNone, check_model, hooked_module, run_forward
+from ..capture import check_model, hooked_module
 from ..capture.args import check_input_kwargs
-from ..capture.interceptors import added_modules, bind_rules, rules_of, validate_rules
+from ..capture.interceptors import added_modules, rules_of, validate_rules
 from ..capture.model_index import ModelIndex
+from ..tracing.api import CaptureOptions, capture
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -32,16 +33,14 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     modules = index.modules
     specs = rules_of(intervene)
     addresses = set(modules) | added_modules(specs, set(modules))
-    context = {"model": model, "args": args, "kwargs": kwargs,
-               "module_addresses": addresses}
     validate_rules(specs, addresses)
     plan = hook_plan(specs, addresses) if top is not None and top is model else None
     if plan is not None:  # every rule decided at module exits: hooks, no function mode
         return run_on_hooks(model, plan, args, kwargs, modules)
-    rules = bind_rules(specs, context)
-    rec = Recorder(top, policy=SaveNone(), interceptors=rules, index=index)
-    output = run_forward(model, rec, args, kwargs)
-    rec.finish()
-    for r in rules:
+    # Everything else: the one capture tl.trace and tl.record use, keeping no payload.
+    done = capture(model, args, input_kwargs, CaptureOptions(save=False, intervene=specs),
+                   "tl.run")
+    done.rec.finish()
+    for r in done.rec.interceptors:
         r.close(None)
-    return output
+    return done.output
