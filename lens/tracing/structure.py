@@ -90,17 +90,20 @@ def fingerprint(ops: Sequence[OpRecord], keep_orphans: bool,
     when an argument holds a value the cache will not keep."""
     paths: dict[int, tuple[str, ...]] = {}
     rows: list[Hashable] = [keep_orphans, detect_loops]
-    append = rows.append
+    append, flat = rows.append, _FLAT.issuperset
     try:
         for op in ops:
             ctx = op.module_ctx
             path = paths.get(id(ctx))
             if path is None:
                 path = paths[id(ctx)] = tuple([c.address for c in ctx])
-            out_index = op.out_index
+            out_index, args = op.out_index, op.args
+            types = tuple(map(type, args))  # the common case inline: flat arguments
+            akey = ((types, args) if type(args) is tuple and flat(types)
+                    else _key(args))
             append((op.kind, op.func_name, op.type, out_index, op.params, path,
                     op.parent_idx, tuple(op.child_idx),
-                    op.call_id if out_index else None, _key(op.args),
+                    op.call_id if out_index else None, akey,
                     _key(op.kwargs) if op.kwargs else None))
     except _Uncacheable:
         return None
