@@ -60,28 +60,30 @@ _FLAT = frozenset({Ref, ParamRef, int, float, bool, str, NoneType, EllipsisType,
                    torch.dtype, torch.device, torch.layout, torch.memory_format, torch.Size})
 
 
-class _Uncacheable(Exception):
-    """An argument value the fingerprint will not hold."""
+# What _key returns for a value the fingerprint will not hold.
+_OPAQUE = object()
 
 
 def _key(v: Any) -> Hashable:
     """A value-based key of an argument template, finer than ``loops._norm``: equal keys
-    mean equal normalised arguments. Holds flat values only (else :class:`_Uncacheable`)."""
+    mean equal normalised arguments. Holds flat values only (else :data:`_OPAQUE`)."""
     t = type(v)
     if t in _FLAT:
         return v  # type: ignore[no-any-return]
     if t is dict:
         if not _FLAT.issuperset(map(type, v)):
-            raise _Uncacheable
-        return (dict, tuple([(k, type(k), type(x), _key(x)) for k, x in v.items()]))
+            return _OPAQUE
+        items = tuple([(k, type(k), type(x), _key(x)) for k, x in v.items()])
+        return _OPAQUE if any(i[3] is _OPAQUE for i in items) else (dict, items)
     if t is slice:
         v = (v.start, v.stop, v.step)
     elif not isinstance(v, (tuple, list)):
-        raise _Uncacheable
+        return _OPAQUE
     types = tuple(map(type, v))
     if _FLAT.issuperset(types):
         return (t, types, tuple(v))
-    return (t, types, tuple([_key(x) for x in v]))
+    parts = tuple([_key(x) for x in v])
+    return _OPAQUE if any(p is _OPAQUE for p in parts) else (t, types, parts)
 
 
 def fingerprint(ops: Sequence[OpRecord], keep_orphans: bool,
@@ -91,22 +93,19 @@ def fingerprint(ops: Sequence[OpRecord], keep_orphans: bool,
     paths: dict[int, tuple[str, ...]] = {}
     rows: list[Hashable] = [keep_orphans, detect_loops]
     append, flat = rows.append, _FLAT.issuperset
-    try:
-        for op in ops:
-            ctx = op.module_ctx
-            path = paths.get(id(ctx))
-            if path is None:
-                path = paths[id(ctx)] = tuple([c.address for c in ctx])
-            out_index, args = op.out_index, op.args
-            types = tuple(map(type, args))  # the common case inline: flat arguments
-            akey = ((types, args) if type(args) is tuple and flat(types)
-                    else _key(args))
-            append((op.kind, op.func_name, op.type, out_index, op.params, path,
-                    op.parent_idx, tuple(op.child_idx),
-                    op.call_id if out_index else None, akey,
-                    _key(op.kwargs) if op.kwargs else None))
-    except _Uncacheable:
-        return None
+    for op in ops:
+        ctx = op.module_ctx
+        path = paths.get(id(ctx))
+        if path is None:
+            path = paths[id(ctx)] = tuple([c.address for c in ctx])
+        out_index, args = op.out_index, op.args
+        types = tuple(map(type, args))  # the common case inline: flat arguments
+        akey = (types, args) if type(args) is tuple and flat(types) else _key(args)
+        kkey = _key(op.kwargs) if op.kwargs else None
+        if akey is _OPAQUE or kkey is _OPAQUE:
+            return None
+        append((op.kind, op.func_name, op.type, out_index, op.params, path, op.parent_idx,
+                tuple(op.child_idx), op.call_id if out_index else None, akey, kkey))
     return tuple(rows)
 
 
