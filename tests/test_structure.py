@@ -37,6 +37,9 @@ GLOBAL_STATE = {
                                     "by torch's own functions, not by lens objects)",
     ("tracing/api.py", "_GC_PAUSED"): "how many traces run now, for pausing the garbage "
                                     "collector once across threads (guarded by a lock)",
+    ("tracing/structure.py", "_CACHES"): "each model's postprocessed structures, weakly "
+                                         "keyed by the model (attributes are never set on "
+                                         "a user's model); bounded, guarded by a lock",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import perf_counter
@@ -38,7 +38,9 @@ from ..errors import ArgumentTypeError, CaptureError, SelectorError, expect
 from ..selectors import Label, LabelContains, Selector, coerce
 from . import postprocess
 from .grads import GradCapture
+from .layer import LayerInfo
 from .options import TraceOptions
+from .structure import postprocess_cached
 from .traces import Trace
 
 
@@ -226,9 +228,8 @@ def build(rec: Recorder, model: Any, output: Any, save_spec: Any, elapsed: float
           options: TraceOptions | None = None) -> Trace:
     """Postprocess a finished recording into a Trace."""
     options = options if options is not None else TraceOptions()
-    ops = postprocess.kept_ops(rec.ops, options.keep_orphans or rec.halted)
-    grouper = _grouper(options.detect_loops)
-    layers = postprocess.assign_labels(ops, grouper(ops))
+    ops, layers = postprocess_cached(rec.ops, model, options.keep_orphans or rec.halted,
+                                     options.detect_loops, _postprocess)
     index = rec.index
     result = Trace(ops=ops, records=rec.ops, layers=layers, model_name=_model_name(model),
                    module_calls=rec.module_calls, module_info=index.module_info,
@@ -268,6 +269,15 @@ def _no_gc() -> Iterator[None]:
             _GC_PAUSED[0] -= 1
             if _GC_PAUSED[0] == 0 and _GC_PAUSED[1]:
                 gc.enable()
+
+
+def _postprocess(records: Sequence[OpRecord], keep_orphans: bool, detect_loops: bool
+                 ) -> tuple[list[OpRecord], list[LayerInfo]]:
+    """Trim orphans, group passes into layers and label them (what a hit of the
+    structure cache skips)."""
+    ops = postprocess.kept_ops(records, keep_orphans)
+    grouper = _grouper(detect_loops)
+    return ops, postprocess.assign_labels(ops, grouper(ops))
 
 
 def _grouper(detect_loops: bool) -> Callable[[list[OpRecord]], list[int]]:
