@@ -162,7 +162,6 @@ class Op:
     def lookup_keys(self) -> list[Any]:
         """Labels plus the ordinals (positive and negative) that find this op."""
         n = len(self.trace.ops)
-        self.trace._lookup  # noqa: B018 - building the table adds bare module addresses
         return [self.index - n, self.index, *sorted(self.labels)]
 
     # --------------------------------------------------------------- graph

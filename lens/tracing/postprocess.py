@@ -102,6 +102,7 @@ def op_keys(op: Op) -> frozenset[str]:
         keys.add(f"input.{op.address}")
     for call in op.output_of:
         keys.add(call.key)
+    keys.update(op.trace._sole_outputs.get(op.call_index, ()))  # bare module addresses
     if op.type == "truediv" and not op.trace.stash.setdefault(
             _HAS_DIV, lambda: any(o.type == "div" for o in op.trace.kept)):
         # 'div_1_8' still finds what older lens labelled so (unless a real div op of

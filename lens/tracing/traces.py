@@ -98,25 +98,31 @@ class Trace:
         for op in self.ops:
             for key in op.labels:
                 table.setdefault(key, op.record)
+        for address, outs in self._outputs_by_address.items():
+            table[address] = outs[0] if len(outs) == 1 else outs
+        return table
+
+    @cached_property
+    def _outputs_by_address(self) -> dict[str, tuple[OpRecord, ...]]:
+        """Module address -> the kept ops its calls returned (each once, in order)."""
         by_address: dict[str, list[OpRecord]] = {}
         for call in self.module_calls:
             for i in call.output_ops:
                 found = self._by_call.get(i)
                 if found is not None:
                     by_address.setdefault(call.address, []).append(found)
-        for address, outs in by_address.items():
-            table[address] = self._address_entry(address, outs)
-        return table
+        return {a: tuple(dict.fromkeys(outs)) for a, outs in by_address.items()}
 
-    def _address_entry(self, address: str, outs: list[OpRecord]
-                       ) -> OpRecord | tuple[OpRecord, ...]:
-        """What a bare module address finds: its one output op (which then also answers
-        to the address), or all of them."""
-        unique = tuple(dict.fromkeys(outs))
-        if len(unique) == 1:
-            unique[0].keys = Op(self, unique[0]).labels | {address}
-            return unique[0]
-        return unique
+    @cached_property
+    def _sole_outputs(self) -> dict[int, tuple[str, ...]]:
+        """Call index -> the module addresses whose only output that op is: a bare
+        address finds such an op, so it is one of the op's labels."""
+        found: dict[int, tuple[str, ...]] = {}
+        for address, outs in self._outputs_by_address.items():
+            if len(outs) == 1:
+                ci = outs[0].call_index
+                found[ci] = (*found.get(ci, ()), address)
+        return found
 
     def _label_hit(self, key: str) -> OpRecord | LayerInfo | None:
         """A full label (``linear_1_3``, ``linear_1_3:2``), found by its layer number
@@ -141,9 +147,12 @@ class Trace:
         the table holds."""
         if key not in self.module_info or "_lookup" in self.__dict__:
             return None
-        outs = [self._by_call[i] for call in self.module_calls if call.address == key
-                for i in call.output_ops if i in self._by_call]
-        return self._address_entry(key, outs) if outs else None
+        outs = tuple(dict.fromkeys(
+            self._by_call[i] for call in self.module_calls if call.address == key
+            for i in call.output_ops if i in self._by_call))
+        if not outs:
+            return None
+        return outs[0] if len(outs) == 1 else outs
 
     def _wrap(self, key: str, hit: OpRecord | LayerInfo | tuple[OpRecord, ...]) -> Any:
         if isinstance(hit, LayerInfo):

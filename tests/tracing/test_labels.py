@@ -179,3 +179,21 @@ def test_a_full_label_finds_the_same_before_and_after_the_lookup_table(name):
         late = fresh[k]
         assert type(late) is type(hit) and late == hit, k
     assert any(isinstance(h, tl.Layer) for h in early.values()) or name != "recurrent_demo"
+
+
+def test_an_ops_labels_do_not_depend_on_which_lookups_ran_before():
+    """A bare module address is one of its sole output's labels from the start (it used
+    to appear only once the trace's lookup table had been built)."""
+    model, args, _ = build(get("demo_network"))
+    fresh = tl.trace(model, *args)
+    first = {op.label: op.labels for op in fresh.ops}  # before any lookup
+    looked = tl.trace(model, *args)
+    assert looked["fc"].label == "linear_1_3"
+    looked.keys()  # builds the whole table
+    assert {op.label: op.labels for op in looked.ops} == first
+    assert "fc" in first["linear_1_3"] and "fc:1" in first["linear_1_3"]
+    # and every label of every op finds it
+    for op in fresh.ops:
+        for key in op.labels:
+            hit = fresh[key]
+            assert op == hit or (not isinstance(hit, tl.Op) and op in list(hit)), key
