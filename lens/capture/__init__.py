@@ -1,7 +1,7 @@
 """The capture engine: a TorchFunctionMode plus module hooks, scoped to one forward pass."""
 
-from .engine import Halt, PayloadOptions, Recorder, SaveAll, SaveNone, SavePolicy
-from .interceptors import Interceptor
+from .engine import Halt, PayloadOptions, Recorder
+from .interceptors import Interceptor, SaveAll, SaveNone, SavePolicy
 from .records import ModuleCallRecord, OpRecord, ParamRef, Ref
 from .run import bind_inputs, check_model, hooked_module, run_forward
 

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from . import funcs, modes, rng, storage
 from .frames import user_stack
 from .hooks import ModuleHooks
-from .interceptors import Interceptor
+from .interceptors import Interceptor, SaveAll, SaveNone, SavePolicy
 from .model_index import ModelIndex
 from .records import (
     BUFFER,
@@ -41,30 +41,6 @@ from .records import (
 from .template import rebuild as _rebuild
 from .template import tensor_leaves as _tensor_leaves
 from .template import tensors_in as _tensors_in
-
-
-class SavePolicy(Protocol):
-    """Decides which payloads to keep. ``stage`` is 'live', 'module_exit', 'lookahead'
-    (``lookback`` ops later) or 'final'; ``None`` means "not decidable yet, ask again at a
-    later stage". A policy with ``detach_pending`` holds undecided payloads detached."""
-
-    lookback: int
-
-    def decide(self, op: OpRecord, stage: str) -> bool | None: ...
-
-
-class SaveAll:
-    lookback = 0
-
-    def decide(self, op: OpRecord, stage: str) -> bool | None:
-        return True
-
-
-class SaveNone:
-    lookback = 0
-
-    def decide(self, op: OpRecord, stage: str) -> bool | None:
-        return False
 
 
 class Halt(Exception):
@@ -218,7 +194,7 @@ class Recorder(TorchFunctionMode):
 
     def _hold(self, idx: int, tensor: Tensor) -> None:
         """Keep an undecided payload until its op is decided (detached if the policy says)."""
-        if getattr(self.policy, "detach_pending", False):
+        if self.policy.detach_pending:
             with torch._C.DisableTorchFunction():
                 tensor = tensor.detach()
         self.pending[idx] = tensor

@@ -5,10 +5,10 @@ Two kinds of objects take part in a run:
 - a **rule** (:class:`Rule`) is what users pass as ``intervene=`` (``tl.when(...)``): a
   specification, checked against the model (``validate``), that may add module addresses
   of its own (``added_modules``: a spliced module's) and ``bind``\\ s to one run;
-- an **interceptor** (:class:`Interceptor`) is what the engine calls: the bound rule, or
-  an engine-side helper such as gradient capture. Every method the engine calls is
-  declared here with its default, so an interceptor overrides what it needs and the
-  engine never asks ``hasattr``.
+- an **interceptor** (:class:`Interceptor`) is what the engine calls: the bound rule, an
+  engine-side helper such as gradient capture, or the run's :class:`SavePolicy`. Every
+  method the engine calls is declared here with its default, so an interceptor overrides
+  what it needs and the engine never asks ``hasattr``.
 
 :func:`bind_rules` is the one place ``tl.trace``, ``tl.record`` and ``tl.run`` turn
 ``intervene=`` into interceptors.
@@ -55,6 +55,34 @@ class Interceptor:
 
     def close(self, trace: Any = None) -> None:
         """Called after the run (with the finished trace, or None for ``tl.run``)."""
+
+
+class SavePolicy(Interceptor):
+    """The interceptor that decides which payloads to keep (exactly one per run; it edits
+    nothing, so the engine asks only :meth:`decide`).
+
+    ``decide(op, stage)`` is asked at ``'live'`` (the op just ran), ``'module_exit'``
+    (a module returned it), ``'lookahead'`` (``lookback`` ops later) and ``'final'`` (on
+    the finished trace's view of the op); ``None`` means "not decidable yet, ask again at
+    a later stage", and the payload is held meanwhile (detached if ``detach_pending``).
+    """
+
+    lookback: int = 0
+    detach_pending: bool = False
+
+    def decide(self, op: Any, stage: str) -> bool | None:
+        return True
+
+
+class SaveAll(SavePolicy):
+    """Keep every payload."""
+
+
+class SaveNone(SavePolicy):
+    """Keep no payload (metadata only)."""
+
+    def decide(self, op: Any, stage: str) -> bool | None:
+        return False
 
 
 class FunctionInterceptor(Interceptor):

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ..errors import SelectorError
 from ..selectors import Selector, coerce
+from .interceptors import SavePolicy
 from .known import check_names
 
 # When each kind of selector can be decided; a selector is evaluated at the first stage
@@ -18,7 +19,7 @@ PayloadPolicy = Literal["metadata_only", "detached_raw"]
 PAYLOAD_POLICIES: tuple[PayloadPolicy, ...] = ("metadata_only", "detached_raw")
 
 
-class SelectorPolicy:
+class SelectorPolicy(SavePolicy):
     """Keep the payloads of the ops a selector matches, deciding as early as possible.
 
     A selector that reads an op's consumers (``tl.followed_by``) is decided either on the

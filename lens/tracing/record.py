@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..capture import PayloadOptions, Recorder, check_model, hooked_module, run_forward
+from ..capture.interceptors import SavePolicy
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
 from ..capture.policy import STAGE_RANK, SelectorPolicy
@@ -164,11 +165,9 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
 _LABEL_TYPE = re.compile(r"^([a-z0-9]+)_\d")
 
 
-class _TypeCandidates:
+class _TypeCandidates(SavePolicy):
     """Save policy for a final label: ops of the label's type wait for the final decision;
     every other op is dropped at once."""
-
-    lookback = 0
 
     def __init__(self, selector: Selector, types: frozenset[str]) -> None:
         self.types = types
