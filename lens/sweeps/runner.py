@@ -70,7 +70,7 @@ class SweepRunner:
         self.replay = BatchedReplay(self.base, self.out_op, spec.metric)
         with torch.no_grad():
             self.baseline = float(spec.metric(self.out_op.out))
-            self.clean_value = (float(spec.metric(self.source[self.out_op.label].out))
+            self.clean_value = (float(spec.metric(self._twin(self.out_op).out))
                                 if self.source is not None else None)
 
     def _output_op(self) -> Op:
@@ -96,7 +96,10 @@ class SweepRunner:
     def sites(self) -> list[SweepSite]:
         """The named sites (computed once; a worker computes the same from its traces)."""
         if self._sites is None:
-            sel = coerce(self.spec.sites, module_addresses=set(self.base.modules))
+            # Held while sites are found: the trace shares its modules view (weakly
+            # cached) instead of building one per lookup.
+            modules = self.base.modules
+            sel = coerce(self.spec.sites, module_addresses=set(modules))
             self._sites = {s.key(): s for s in find_sites(self.base, sel, self.site_ops())}
         return list(self._sites.values())
 
@@ -149,8 +152,16 @@ class SweepRunner:
 
     def _source_of(self, op: Op) -> torch.Tensor:
         assert self.source is not None
-        src: torch.Tensor = self.source[op.label].out.detach()
+        src: torch.Tensor = self._twin(op).out.detach()
         return src
+
+    def _twin(self, op: Op) -> Op:
+        """``op``'s counterpart in the clean trace: the op at the same place, since both
+        traces have one graph (checked on construction); no label table is built."""
+        assert self.source is not None
+        twin: Op = self.source.ops[op.index]
+        assert twin.label == op.label
+        return twin
 
     def _edit(self, value: torch.Tensor, keys: list[tuple[Any, ...]] | None,
               source: Callable[[], torch.Tensor], op: Op) -> torch.Tensor:
