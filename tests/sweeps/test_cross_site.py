@@ -139,16 +139,54 @@ def test_ops_without_a_vmap_rule_fall_back_to_one_replay_per_cell(replays):
         with torch.no_grad():
             src = module(clean if row["site"] == "a" else
                          torch.relu(other.a(clean)))
+        want = _patched(other, module, src, p, metric, corrupted)
+        assert _close(row["value"], want), row
 
-        def hook(m, args, out, src=src, p=p):
-            new = out.clone()
-            new[:, p] = src[:, p]
-            return new
 
-        h = module.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                want = float(metric(other(corrupted)))
-        finally:
-            h.remove()
+def _patched(model, module, src, p, metric, x):
+    """``metric(model(x))`` with ``module``'s output at position ``p`` set from ``src``."""
+
+    def hook(m, args, out):
+        new = out.clone()
+        new[:, p] = src[:, p]
+        return new
+
+    h = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return float(metric(model(x)))
+    finally:
+        h.remove()
+
+
+class _Branches(nn.Module):
+    """Two parallel branches (``b`` does not depend on ``a``) joined before ``c``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.a(x)) * self.b(x))
+
+
+def test_sites_on_parallel_branches_share_a_replay_and_equal_hooks(replays):
+    model = _Branches().eval()
+    g = torch.Generator().manual_seed(6)
+    clean, corrupted = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+
+    def metric(out):
+        return out[:, -1].sum()
+
+    res = sweeps.patching(model, clean, corrupted, ["a", "b", "c"], metric=metric,
+                          batch_size=100, progress=False)
+    assert len(replays) == 1 and len(replays[0]) == 3
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        src = {"a": other.a(clean), "b": other.b(clean),
+               "c": other.c(torch.relu(other.a(clean)) * other.b(clean))}
+    for row in res.rows:
+        module = other.get_submodule(row["site"])
+        want = _patched(other, module, src[row["site"]], row["position"], metric, corrupted)
         assert _close(row["value"], want), row
