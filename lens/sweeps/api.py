@@ -29,7 +29,8 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
     per head); ``positions`` takes 'each', None, a list, or a per-row LongTensor
     ``[batch]`` (padded batches: row b patched at ``positions[b]``). Rows name the site as
     given, with its ``layer`` (block index), ``op`` (label), ``head`` and ``position``.
-    Cells are replayed downstream of their site only, batched over cells. With ``out=``,
+    Cells are replayed downstream of their sites only: up to ``batch_size`` cells, of
+    one site or several, share one vmapped replay from the earliest of their sites. With ``out=``,
     rows are stored there and a rerun computes only the missing ones; ``resume='force'``
     keeps rows even though the metric's code changed."""
     check_same_shapes(clean, corrupted)
@@ -96,12 +97,8 @@ def _run(spec: SweepSpec, model: Any, batch_size: int, executor: Any,
 
 
 def _batches(cells: list[Cell], size: int) -> list[list[Cell]]:
-    """Consecutive cells of one site, at most ``size`` per batch."""
-    batches: list[list[Cell]] = []
-    for c in cells:
-        if (batches and (batches[-1][0].site, batches[-1][0].op) == (c.site, c.op)
-                and len(batches[-1]) < size):
-            batches[-1].append(c)
-        else:
-            batches.append([c])
-    return batches
+    """Consecutive cells, at most ``size`` per batch, whatever their sites: each batch is
+    one replay from its earliest site (cells come in site order, so consecutive chunks
+    start as late as they can). ``size`` bounds a replay's memory: about ``size`` times
+    the activations downstream of that site."""
+    return [cells[i:i + size] for i in range(0, len(cells), size)]

@@ -1,13 +1,13 @@
 """The worker side of a sweep: traces the inputs once, then computes rows for cells.
 
-A batch of cells that share a site is computed by replaying only that site's downstream
-cone, once per cell, vectorized with ``torch.func.vmap`` over the cells (so N patched runs
-cost about one batched replay). Ops without a vmap rule fall back to one replay per cell.
+A batch of cells, of one site or of several, is computed by one replay starting at the
+earliest of their sites, vectorized with ``torch.func.vmap`` over the cells (so N patched
+runs cost about one batched replay; see :mod:`lens.sweeps.batched`). Ops without a vmap
+rule fall back to one replay per cell.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +18,11 @@ from ..bundles.core import check_same_graph
 from ..errors import InterventionError, LensError
 from ..facets._edits import Step
 from ..interventions._sites import trace_site
-from ..replay.interpreter import Interpreter, downstream
 from ..selectors import coerce
 from ..tracing import Op, Trace
 from ..tracing import trace as _trace
 from . import positions
+from .batched import BatchedReplay
 from .positions import _short
 from .sites import SweepSite, find_sites
 from .spec import SweepSpec
@@ -67,9 +67,10 @@ class SweepRunner:
                 self.base = _trace(model, *as_args(spec.inputs[0]), input_kwargs=kw)
         self._sites: dict[tuple[str, str], SweepSite] | None = None
         self.out_op = self._output_op()
+        self.replay = BatchedReplay(self.base, self.out_op, spec.metric)
         with torch.no_grad():
             self.baseline = float(spec.metric(self.out_op.out))
-            self.clean_value = (float(spec.metric(self.source[self.out_op.label].out))
+            self.clean_value = (float(spec.metric(self._twin(self.out_op).out))
                                 if self.source is not None else None)
 
     def _output_op(self) -> Op:
@@ -95,7 +96,10 @@ class SweepRunner:
     def sites(self) -> list[SweepSite]:
         """The named sites (computed once; a worker computes the same from its traces)."""
         if self._sites is None:
-            sel = coerce(self.spec.sites, module_addresses=set(self.base.modules))
+            # Held while sites are found: the trace shares its modules view (weakly
+            # cached) instead of building one per lookup.
+            modules = self.base.modules
+            sel = coerce(self.spec.sites, module_addresses=set(modules))
             self._sites = {s.key(): s for s in find_sites(self.base, sel, self.site_ops())}
         return list(self._sites.values())
 
@@ -148,8 +152,16 @@ class SweepRunner:
 
     def _source_of(self, op: Op) -> torch.Tensor:
         assert self.source is not None
-        src: torch.Tensor = self.source[op.label].out.detach()
+        src: torch.Tensor = self._twin(op).out.detach()
         return src
+
+    def _twin(self, op: Op) -> Op:
+        """``op``'s counterpart in the clean trace: the op at the same place, since both
+        traces have one graph (checked on construction); no label table is built."""
+        assert self.source is not None
+        twin: Op = self.source.ops[op.index]
+        assert twin.label == op.label
+        return twin
 
     def _edit(self, value: torch.Tensor, keys: list[tuple[Any, ...]] | None,
               source: Callable[[], torch.Tensor], op: Op) -> torch.Tensor:
@@ -169,36 +181,13 @@ class SweepRunner:
         return new
 
     def run(self, cells: Sequence[Cell]) -> list[dict[str, Any]]:
-        groups: dict[tuple[str, str], list[Cell]] = {}
-        for c in cells:
-            groups.setdefault((c.site, c.op), []).append(c)
-        rows = []
-        for group in groups.values():
-            site = self.site(group[0])
-            values = [self.edited(c, site) for c in group]
-            for c, v in zip(group, self.replay_metric(site.op, values), strict=True):
-                rows.append(self.row(c, v))
-        return rows
-
-    def replay_metric(self, op: Op, values: list[torch.Tensor]) -> list[float]:
-        cone = downstream(self.base, [op.call_index])
-        out_index = self.out_op.call_index
-        metric = self.spec.metric
-
-        def one(v: torch.Tensor) -> torch.Tensor:
-            env = Interpreter(self.base, values={op.call_index: v}).run(cone)
-            return metric(env.get(out_index, self.out_op.out))  # type: ignore[no-any-return]
-
-        with torch.no_grad():
-            if len(values) > 1:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)  # no-batch-rule notes
-                        res = torch.func.vmap(one)(torch.stack(values))
-                    return [float(x) for x in res.reshape(-1)]
-                except Exception:  # noqa: BLE001 - an op without a vmap rule: go one by one
-                    pass
-            return [float(one(v)) for v in values]
+        """Rows of ``cells``, scored by one batched replay from the earliest of their
+        sites (see :mod:`lens.sweeps.batched`), whatever sites they are at."""
+        sites = [self.site(c) for c in cells]
+        values = [self.edited(c, s) for c, s in zip(cells, sites, strict=True)]
+        at = [s.op.call_index for s in sites]
+        scores = self.replay.scores(at, values)
+        return [self.row(c, v) for c, v in zip(cells, scores, strict=True)]
 
     def row(self, cell: Cell, value: float) -> dict[str, Any]:
         return {"site": cell.site, "layer": self.site(cell).layer, "op": cell.op,
