@@ -16,8 +16,9 @@ Two kinds of objects take part in a run:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from torch import Tensor
 
@@ -112,6 +113,22 @@ class Rule(Protocol):
     def bind(self, context: dict[str, Any]) -> Interceptor: ...
 
 
+_RULE_METHODS = ("validate", "added_modules", "bind")
+
+
+@functools.lru_cache(maxsize=256)
+def _rule_type(cls: Any) -> bool:
+    return not issubclass(cls, Interceptor) and all(
+        callable(getattr(cls, name, None)) for name in _RULE_METHODS)
+
+
+def is_rule(obj: Any) -> TypeGuard[Rule]:
+    """``isinstance(obj, Rule)``, decided once per type: a runtime protocol check walks
+    the protocol's members on every call (tens of microseconds, several per run)."""
+    cls: Any = type(obj)
+    return _rule_type(cls)
+
+
 def rules_of(intervene: Any) -> list[Rule | Interceptor]:
     """``intervene=`` as a list; each item a rule, an interceptor, or (wrapped) a plain
     callable. Anything else is a CaptureError."""
@@ -120,7 +137,7 @@ def rules_of(intervene: Any) -> list[Rule | Interceptor]:
     items = list(intervene) if isinstance(intervene, (list, tuple)) else [intervene]
     out: list[Rule | Interceptor] = []
     for r in items:
-        if isinstance(r, (Rule, Interceptor)):
+        if isinstance(r, Interceptor) or is_rule(r):
             out.append(r)
         elif callable(r):
             out.append(FunctionInterceptor(r))
@@ -134,14 +151,14 @@ def added_modules(rules: list[Rule | Interceptor], addresses: Collection[str]) -
     """Addresses the rules record modules under besides the model's (spliced modules)."""
     found: set[str] = set()
     for r in rules:
-        if isinstance(r, Rule):
+        if is_rule(r):
             found |= r.added_modules(addresses)
     return found
 
 
 def validate_rules(rules: list[Rule | Interceptor], addresses: Collection[str]) -> None:
     for r in rules:
-        if isinstance(r, Rule):
+        if is_rule(r):
             r.validate(module_addresses=addresses)
 
 
@@ -149,4 +166,4 @@ def bind_rules(rules: list[Rule | Interceptor], context: dict[str, Any]
                ) -> tuple[Interceptor, ...]:
     """Bind each rule to this run (``context``: model, args, kwargs, module_addresses;
     shared by the rules of one call, e.g. for one reference pre-pass)."""
-    return tuple(r.bind(context) if isinstance(r, Rule) else r for r in rules)
+    return tuple(r if isinstance(r, Interceptor) else r.bind(context) for r in rules)

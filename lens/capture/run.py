@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import threading
@@ -84,10 +85,7 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     """Check the inputs against ``forward``'s signature (a bound method's own signature);
     return (address, tensor) leaves."""
     fn = model.forward if isinstance(model, nn.Module) else model
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        sig = None
+    sig = _signature(fn)
     named: list[tuple[str, Any]]
     if sig is not None:
         try:
@@ -104,6 +102,37 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         for path, t in _tensor_leaves(value, ()):
             leaves.append((".".join([name, *map(str, path)]), t))
     return leaves
+
+
+def _signature(fn: Any) -> inspect.Signature | None:
+    """``inspect.signature(fn)`` (None when it has none), made once per function: a
+    bound method's comes from its function's, less ``self``."""
+    func, bound = getattr(fn, "__func__", None), getattr(fn, "__self__", None)
+    try:
+        if func is not None and bound is not None:
+            sig = _function_signature(func)
+            params = list(sig.parameters.values()) if sig is not None else []
+            if not params or params[0].kind not in _SELF_KINDS:  # (f(*args): keeps it)
+                return _uncached_signature(fn)
+            return sig.replace(parameters=params[1:])  # type: ignore[union-attr]
+        return _function_signature(fn)
+    except TypeError:  # unhashable callable: not cached
+        return _uncached_signature(fn)
+
+
+_SELF_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@functools.lru_cache(maxsize=256)
+def _function_signature(fn: Any) -> inspect.Signature | None:
+    return _uncached_signature(fn)
+
+
+def _uncached_signature(fn: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
 
 
 def run_forward(model: Any, rec: Recorder, args: tuple[Any, ...],
