@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -151,31 +150,36 @@ class Structure:
 
 
 class StructureCache:
-    """The structures of one model's graphs, least recently used dropped past
-    :data:`PER_MODEL`; safe to use from several threads."""
+    """The structures of one model's graphs, most recently used first, at most
+    :data:`PER_MODEL`; safe to use from several threads.
+
+    Fingerprints are compared, never hashed: a tuple's hash is not cached, so a dict
+    would hash the whole fingerprint (about as costly as making it) on every lookup,
+    while equality stops at the first difference (lengths first) and is a handful of
+    comparisons for so few entries."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[Hashable, ...], Structure] = OrderedDict()
+        self._entries: list[tuple[tuple[Hashable, ...], Structure]] = []
         self.hits = 0
         self.misses = 0
 
     def get(self, fp: tuple[Hashable, ...]) -> Structure | None:
         with self._lock:
-            found = self._entries.get(fp)
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._entries.move_to_end(fp)
-            return found
+            for i, (known, structure) in enumerate(self._entries):
+                if known == fp:
+                    self.hits += 1
+                    if i:
+                        self._entries.insert(0, self._entries.pop(i))
+                    return structure
+            self.misses += 1
+            return None
 
     def put(self, fp: tuple[Hashable, ...], structure: Structure) -> None:
         with self._lock:
-            self._entries[fp] = structure
-            self._entries.move_to_end(fp)
-            while len(self._entries) > PER_MODEL:
-                self._entries.popitem(last=False)
+            self._entries = [(k, v) for k, v in self._entries if k != fp]
+            self._entries.insert(0, (fp, structure))
+            del self._entries[PER_MODEL:]
 
     def __len__(self) -> int:
         return len(self._entries)

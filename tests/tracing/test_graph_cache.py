@@ -200,7 +200,7 @@ def test_the_cache_holds_plain_values_only_and_not_the_model() -> None:
     t = _uncached(model, args, kwargs)
     held = structure.cache_of(model)
     assert held is not None
-    (entry_fp, entry), = held._entries.items()
+    (entry_fp, entry), = held._entries
     assert isinstance(entry, Structure) and len(entry_fp) == 2 + len(t.record_table)
     for leaf in _leaves(entry_fp) + _leaves(list(vars(entry).values())):
         assert isinstance(leaf, _PLAIN), type(leaf)
