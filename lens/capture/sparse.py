@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..selectors._scope import Scope
@@ -135,10 +136,11 @@ class HookRun:
 
     def _keep(self, address: str, n: int, output: Any, replaced: dict[Path, Tensor]) -> None:
         kept: dict[int, Tensor] = {}
-        for path, t in _tensor_leaves(output, ()):
-            t = replaced.get(path, t)
-            if id(t) not in kept:
-                kept[id(t)] = copy_payload(t, self.payload)
+        with torch._C.DisableTorchFunction():  # a scoped run's mode may be active here
+            for path, t in _tensor_leaves(output, ()):
+                t = replaced.get(path, t)
+                if id(t) not in kept:
+                    kept[id(t)] = copy_payload(t, self.payload)
         self.saved[f"{address}:{n}"] = list(kept.values())
 
     @contextmanager
