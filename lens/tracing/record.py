@@ -150,8 +150,9 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                  "intervention_ready": intervention_ready, "save_grads": save_grads}
         used = [k for k, v in extra.items() if v not in (None, False)]
         if used:
-            raise CaptureError(f"tl.record(..., sparse=True) keeps module outputs and scoped ops only; "
-                               f"{', '.join(used)} need(s) the full recorder. Drop "
+            raise CaptureError(f"tl.record(..., sparse=True) keeps module outputs and "
+                               f"scoped ops only; {', '.join(used)} need(s) the full "
+                               "recorder. Drop "
                                "sparse=True to use them.")
         return record_sparse(model, args, input_kwargs, save, halt, detach, device, dtype)
     opts = CaptureOptions(

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from ..capture import PayloadOptions
 from ..capture.args import check_input_kwargs, check_options
+from ..capture.engine import Halt
 from ..capture.known import check_names
 from ..capture.policy import halt_predicate
 from ..capture.run import bind_inputs, check_model
-from ..capture.engine import Halt
 from ..capture.scoped import KeptOp, ScopedRun, split_scoped
 from ..capture.sparse import HookRun, module_map
 from ..errors import CaptureError, LookupKeyError
