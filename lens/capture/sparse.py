@@ -67,7 +67,7 @@ class HookRun:
         self.fired = [0] * len(edits)
         self.halted = False
         self.thread = threading.get_ident()
-        self._names = {id(m): a for a, m in self.modules.items()}
+        self._names: dict[int, str] = {}  # hooked modules by id (set in attached)
         self._counts: dict[str, int] = {}
         self._stack: list[tuple[str, int]] = []
         self._started: dict[str, int] = {}  # call key -> order in which calls started
@@ -148,6 +148,7 @@ class HookRun:
         """Hooks on the modules at ``targets``, removed on exit (also on error)."""
         self.thread = threading.get_ident()
         handles = []
+        self._names = {id(self.modules[a]): a for a in targets}
         try:
             for address in sorted(targets):
                 m = self.modules[address]
