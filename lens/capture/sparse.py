@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..selectors._scope import Scope
@@ -66,7 +67,7 @@ class HookRun:
         self.fired = [0] * len(edits)
         self.halted = False
         self.thread = threading.get_ident()
-        self._names = {id(m): a for a, m in self.modules.items()}
+        self._names: dict[int, str] = {}  # hooked modules by id (set in attached)
         self._counts: dict[str, int] = {}
         self._stack: list[tuple[str, int]] = []
         self._started: dict[str, int] = {}  # call key -> order in which calls started
@@ -135,10 +136,11 @@ class HookRun:
 
     def _keep(self, address: str, n: int, output: Any, replaced: dict[Path, Tensor]) -> None:
         kept: dict[int, Tensor] = {}
-        for path, t in _tensor_leaves(output, ()):
-            t = replaced.get(path, t)
-            if id(t) not in kept:
-                kept[id(t)] = copy_payload(t, self.payload)
+        with torch._C.DisableTorchFunction():  # a scoped run's mode may be active here
+            for path, t in _tensor_leaves(output, ()):
+                t = replaced.get(path, t)
+                if id(t) not in kept:
+                    kept[id(t)] = copy_payload(t, self.payload)
         self.saved[f"{address}:{n}"] = list(kept.values())
 
     @contextmanager
@@ -146,6 +148,7 @@ class HookRun:
         """Hooks on the modules at ``targets``, removed on exit (also on error)."""
         self.thread = threading.get_ident()
         handles = []
+        self._names = {id(self.modules[a]): a for a in targets}
         try:
             for address in sorted(targets):
                 m = self.modules[address]

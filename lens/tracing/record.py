@@ -138,8 +138,11 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
 
     ``sparse=True``: for ``save=``/``halt=`` decided at module exits (``tl.module(...)``,
     ``'a.b:2'``), keep those module outputs with forward hooks on just those modules and
-    record no op (the cost of plain hooks). Returns a :class:`SparseRecording`, addressed
-    by module call (``rec['a.b:2']``): it has no call indices, labels or ``to_trace()``.
+    record no op (the cost of plain hooks); for ``save=tl.in_module('a') & tl.func(...)``
+    (or an ``|`` of such parts and module outputs), keep those ops with a function mode
+    entered only while ``a`` runs. Returns a :class:`SparseRecording`, addressed by module
+    call (``rec['a.b:2']``, ``rec.ops_in('a:1')``): it has no call indices, labels or
+    ``to_trace()``.
     """
     if sparse is not False:
         expect(sparse, bool, "tl.record(..., sparse=)", "True or False")
@@ -147,8 +150,9 @@ def record(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
                  "intervention_ready": intervention_ready, "save_grads": save_grads}
         used = [k for k, v in extra.items() if v not in (None, False)]
         if used:
-            raise CaptureError(f"tl.record(..., sparse=True) keeps module outputs only; "
-                               f"{', '.join(used)} need(s) the full recorder. Drop "
+            raise CaptureError(f"tl.record(..., sparse=True) keeps module outputs and "
+                               f"scoped ops only; {', '.join(used)} need(s) the full "
+                               "recorder. Drop "
                                "sparse=True to use them.")
         return record_sparse(model, args, input_kwargs, save, halt, detach, device, dtype)
     opts = CaptureOptions(
