@@ -119,7 +119,7 @@ def record_sparse(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | No
                   save: Any, halt: Any, detach: bool, device: Any, dtype: Any
                   ) -> SparseRecording:
     """The hook-only run behind ``tl.record(..., sparse=True)``."""
-    check_model(model)
+    check_model(model, submodules=False)  # (module_map below walks and checks them)
     check_input_kwargs("tl.record", kwargs)
     check_options("tl.record", device=device, dtype=dtype, detach=detach)
     if not isinstance(model, nn.Module):
