@@ -110,7 +110,7 @@ class OpRecord:
         "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
         "child_idx", "_payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
         "output_of", "params", "elapsed", "out_index", "call_id", "mutates",
-        "address", "fired", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
+        "address", "code", "bool_used", "step", "_ops", "_saved", "__weakref__",
         # how the op ran: generator state before a random op, non-default grad/autocast
         "rng", "mode",
         # set once the trace is built (lens.tracing.postprocess): position among the kept
@@ -159,7 +159,6 @@ class OpRecord:
         self.call_id = call_id
         self.mutates = mutates
         self.address = address
-        self.fired: list[Any] = []
         self.code: Any = None
         self.bool_used = False
         self.rng: RngState | None = None

@@ -55,6 +55,10 @@ class Stash:
     def __contains__(self, key: StashKey[Any]) -> bool:
         return key in self._values
 
+    def discard(self, key: StashKey[Any]) -> None:
+        """Remove the value under ``key``, if there is one."""
+        self._values.pop(key, None)
+
     def copy(self) -> Stash:
         """A new stash holding the same values (shared, not copied)."""
         new = Stash()

@@ -18,6 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ..capture.fired import fired_on
 from ..errors import FacetError
 from ._graph import close, heads_changed, max_error, param, payload, records
 from ._registry import Carrier, FacetGroup, edit_lost, edited_value, rewritten
@@ -125,7 +126,7 @@ class AttentionGroup(FacetGroup):
         if name == "scores":
             return scores
         pattern = softmax(scores)
-        if f.dropout == 0.0 and not records(trace)[s.z].fired:  # (z edited: nothing to check)
+        if f.dropout == 0.0 and not fired_on(records(trace)[s.z]):  # (z edited: nothing to check)
             z = self.value(trace, "z")
             got = pattern @ _repeat(v, s.n_heads).to(pattern.dtype)
             if not close(got, z):
@@ -146,7 +147,7 @@ class AttentionGroup(FacetGroup):
         rows = split.rows(x)
         out = payload(trace, p.op, f"'result' of {s.owner.name()}")
         got = rows.sum(1) + (split.bias if split.bias is not None else 0)
-        edits = records(trace)[p.op].fired
+        edits = fired_on(records(trace)[p.op])
         if edits:
             raise FacetError(
                 f"The output projection of {s.owner.name()} (op #{p.op}) was edited in this "

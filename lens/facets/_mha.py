@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from ..capture.fired import fired_on
 from ..capture.records import ParamRef, Ref
 from ..capture.template import template_refs
 from ..errors import FacetError
@@ -205,7 +206,7 @@ class MhaGroup(FacetGroup):
         with torch.no_grad():
             found = run(MhaWeights(trace, self.spec), self._named(trace))
             got = payload(trace, self.spec.out, f"{name!r} of {self.owner.name()}")
-        if not records(trace)[self.spec.out].fired and not close(found["out"], got):
+        if not fired_on(records(trace)[self.spec.out]) and not close(found["out"], got):
             raise FacetError(
                 f"Rebuilding the attention of {self.owner.name()} (op #{self.spec.out}) from "
                 f"its recorded inputs and weights does not reproduce its output (off by "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
+from ..capture.fired import fired_on
 from ..capture.stash import StashKey
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ def rewritten(trace: Trace, ci: int, owner: Owner) -> bool:
     pattern edited, ...): then facets inside it cannot be rebuilt from its inputs."""
     from ._graph import records
 
-    for spec in records(trace)[ci].fired:
+    for spec in fired_on(records(trace)[ci]):
         plan = getattr(getattr(spec, "action", None), "plan", None)
         steps = plan.get(ci, ()) if isinstance(plan, Mapping) else ()
         if any(st.owner == owner and st.carrier.rewrite is not None for st in steps):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..capture.fired import fired_on
 from ..capture.records import ParamRef
 from ..errors import FacetError
 from ._graph import close, max_error, param, payload, records, ref, token
@@ -138,7 +139,7 @@ class RecurrentGroup(FacetGroup):
             found = unroll(s, x, hx, [param(trace, n) for n in s.params])
         for name, ci in zip(OUTPUTS, s.outputs, strict=False):
             want = payload(trace, ci, what)
-            if not records(trace)[ci].fired and not close(found[name], want):
+            if not fired_on(records(trace)[ci]) and not close(found[name], want):
                 raise FacetError(
                     f"Unrolling {s.mode} of {s.owner.name()} with its weights does not "
                     f"reproduce the fused op's {name!r} (off by "

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..capture.fired import fired_on, note_fired, set_fired
 from ..capture.records import CONSTANT, IDENTITY, OP, OpRecord, RecordTable, output_keys
 from ..capture.stash import Stash
 from ..errors import InterventionError, InterventionWarning, PayloadError
@@ -153,7 +154,7 @@ class Fork(Trace):
                 mine.payload = value
                 self._touched.add(ci)
         for ci, steps in plan.items():
-            self._by_call[ci].fired.extend(spec for spec, _, _ in steps)
+            note_fired(self._by_call[ci], (spec for spec, _, _ in steps))
         self.output = output_structure(src.output, self, values)
         return self
 
@@ -189,7 +190,7 @@ class Fork(Trace):
         for ci in self._touched:
             mine, theirs = self._by_call[ci], src[ci]
             mine.payload = theirs.payload
-            mine.fired = list(theirs.fired)
+            set_fired(mine, fired_on(theirs))
         self._touched.clear()
         self.output = self.source.output
 
@@ -326,7 +327,7 @@ def _copy_op(op: OpRecord) -> OpRecord:
     return n
 
 
-_LISTS = frozenset({"child_idx", "fired", "output_of"})
+_LISTS = frozenset({"child_idx", "output_of"})
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..capture.fired import note_fired
 from ..capture.interceptors import Interceptor
 from ..capture.known import check_names
 from ..capture.records import IDENTITY, OP
@@ -204,7 +205,7 @@ class LiveRule(Interceptor):
     def _apply(self, op: Any, value: Tensor, exit_call: Any) -> Tensor:
         site = LiveSite(op, value, self.recorder, exit_call)
         new = checked(self.action.edit(value, site, ()), value, self.action, site)
-        op.fired.append(self.spec)
+        note_fired(op, (self.spec,))
         self.fired[op.call_index] = None
         return new
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..capture import modes
+from ..capture.fired import set_fired
 from ..capture.records import OP, ModuleCallRecord, OpRecord, RecordTable
 from ..capture.template import template_refs
 from ..errors import LoadError, ReplayError
@@ -291,7 +292,7 @@ def _op(r: Reader, slots: weakref.ref[RecordTable], calls: list[ModuleCallRecord
     op.device = None if dev is None else decode({"$": "device", "v": dev}, f"{r.where}.device")
     op.requires_grad = r.flag("requires_grad")
     op.output_of = _calls_at(r, "output_of", calls)
-    op.fired = [Repr(s) for s in r.texts("fired")]
+    set_fired(op, (Repr(s) for s in r.texts("fired")))
     op.code = decode(r.raw("code"), f"{r.where}.code")
     op.bool_used = r.flag("bool_used")
     op.mode = modes.from_doc(r.obj.get("mode"), f"{r.where}.mode")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..capture.fired import fired_on
 from ..capture.frames import Frame, frames
 from ..capture.modes import Mode
 from ..capture.records import BUFFER, INPUT, OP, OUTPUT, ModuleCallRecord, OpRecord
@@ -63,7 +64,6 @@ class Op:
         call_id: int
         mutates: int | None
         address: str | None
-        fired: list[Any]
         code: Any
         bool_used: bool
         step: int
@@ -299,6 +299,12 @@ class Op:
         return non_tensor_args(self)
 
     @property
+    def fired(self) -> list[Any]:
+        """The intervention rules that edited this op, in the order they fired (reprs of
+        them in a trace loaded from disk); empty if none did."""
+        return fired_on(self.record)
+
+    @property
     def intervention_names(self) -> list[str]:
         return [repr(f) for f in self.fired]
 
@@ -377,8 +383,8 @@ def _forward(name: str) -> property:
 _FORWARDED = (
     "call_index", "kind", "func", "func_name", "type", "args", "kwargs", "parent_idx",
     "child_idx", "payload", "shape", "dtype", "device", "requires_grad", "module_ctx",
-    "output_of", "params", "elapsed", "out_index", "call_id", "mutates", "address", "fired",
-    "code", "bool_used", "step", "rng", "mode", "pass_num", "_saved")
+    "output_of", "params", "elapsed", "out_index", "call_id", "mutates", "address", "code",
+    "bool_used", "step", "rng", "mode", "pass_num", "_saved")
 for _name in _FORWARDED:
     setattr(Op, _name, _forward(_name))
 for _name in ("module_addresses", "module", "module_outputs", "module_call"):
