@@ -8,28 +8,18 @@ from __future__ import annotations
 import json
 
 import torch
-from torch import nn
 
 import lens as tl
 import lens.interventions as li
 from lens.capture.fired import FIRED, fired_on
 from lens.io import load, save
 from lens.io.schema import JSON_NAME
+from tests.models.misc import SmallMLP
 
 
-class _MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 8)
-        self.fc2 = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
-
-
-def _mlp() -> tuple[_MLP, torch.Tensor]:
+def _mlp() -> tuple[SmallMLP, torch.Tensor]:
     torch.manual_seed(0)
-    return _MLP().eval(), torch.randn(5, 4)
+    return SmallMLP().eval(), torch.randn(5, 4)
 
 
 def _only(tr: tl.Trace, func_name: str) -> tl.Op:

@@ -12,23 +12,13 @@ import lens.interventions as li
 from lens.errors import InterventionError
 from tests.interventions._truth import run_with_hook
 from tests.models import get
-from tests.models.misc import InplaceOps, MultiOutput
+from tests.models.misc import InplaceOps, MultiOutput, SmallMLP
 from tests.models.seeds import DemoNetwork, NetworkOrganizationDemo, RecurrentDemo
-
-
-class _MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 8)
-        self.fc2 = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
 
 
 def _mlp() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    return _MLP().eval(), torch.randn(5, 4)
+    return SmallMLP().eval(), torch.randn(5, 4)
 
 
 def test_readme_zero_ablation_edits_the_op_and_everything_after() -> None:

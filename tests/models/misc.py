@@ -25,6 +25,19 @@ class ResidualMLP(nn.Module):
         return x
 
 
+class SmallMLP(nn.Module):
+    """``fc2(relu(fc1(x)))``, 4 -> 8 -> 3 (not in the zoo): the smallest model with two
+    modules and an op between them, for tests of live rules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
 class InplaceOps(nn.Module):
     """In-place ops on tensors computed inside the model (never on the input)."""
 
