@@ -23,6 +23,7 @@ from ..capture import (
 )
 from ..capture.args import check_input_kwargs, check_options
 from ..capture.interceptors import (
+    SavePolicy,
     added_modules,
     bind_rules,
     rules_of,
@@ -107,6 +108,9 @@ class CaptureOptions:
     save_grads: Any = False
     save_at: Any = None
     storage: Any = None
+    # A save policy object used instead of one made from ``save=`` (lens's own callers:
+    # tl.pluck keeps candidates of one op type until labels exist); not a user option.
+    policy: SavePolicy | None = None
 
 
 @dataclass
@@ -181,7 +185,11 @@ def recorder(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     rules = rules_of(o.intervene)
     addresses = index.addresses | added_modules(rules, index.addresses)
     payloads = _payload_policy(o.lookback_payload_policy)
-    save_sel, policy = _policy(o.save, addresses, o.lookback, o.intervention_ready, payloads)
+    if o.policy is not None:  # the caller decides payloads itself (tl.pluck)
+        save_sel, policy = None, o.policy
+    else:
+        save_sel, policy = _policy(o.save, addresses, o.lookback, o.intervention_ready,
+                                   payloads)
     halt_fn = halt_predicate(o.halt, addresses) if o.halt is not None else None
     validate_rules(rules, addresses)
     interceptors = bind_rules(rules, {

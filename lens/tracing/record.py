@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..capture import PayloadOptions, Recorder, check_model, hooked_module, run_forward
+from ..capture import check_model, hooked_module
 from ..capture.interceptors import SavePolicy
 from ..capture.known import check_names
 from ..capture.model_index import ModelIndex
@@ -39,7 +39,7 @@ from ..capture.records import OpRecord, RecordTable
 from ..errors import CaptureError, LookupKeyError, PayloadError, expect
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import ADDRESS
-from .api import Captured, CaptureOptions, _no_gc, build, capture
+from .api import Captured, CaptureOptions, _no_gc, capture
 from .sparse import SparseRecording, record_sparse
 from .traces import Trace
 
@@ -210,11 +210,9 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
         raise _no_match(site)
     types = _label_types(sel)
     if types is not None:
-        engine = Recorder(hooked_module(model),
-                          policy=_TypeCandidates(sel, types), payload=PayloadOptions(**opts),
-                          index=index)
-        output = run_forward(model, engine, args, kwargs)
-        found = build(engine, model, output, sel, 0.0)
+        candidates = CaptureOptions(save=sel, policy=_TypeCandidates(sel, types), **opts)
+        with _no_gc():
+            found = capture(model, args, kwargs, candidates, "tl.pluck").to_trace()
     else:
         found = record(model, *args, input_kwargs=kwargs, save=sel, **opts).to_trace()
     bound = sel.bind_ordinals(found.ops)
