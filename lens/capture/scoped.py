@@ -35,7 +35,7 @@ from ..selectors._places import InModule
 from ..selectors._scope import scope_of
 from . import funcs
 from .engine import PayloadOptions
-from .sparse import copy_payload
+from .sparse import ModuleCalls, copy_payload
 from .template import tensor_leaves
 
 # Records the full engine makes itself (graph sources, module identities, refreshes after
@@ -132,34 +132,26 @@ class ScopedRun(TorchFunctionMode):
         self.parts = parts
         self.payload = payload or PayloadOptions()
         self.kept: list[KeptOp] = []
-        self.thread = threading.get_ident()
-        self._names = {id(m): a for a, m in self.modules.items()}
-        self._counts: dict[str, int] = {}
-        self._stack: list[tuple[str, str]] = []  # running scope calls: (address, key)
+        self.calls = ModuleCalls()  # the running scope calls
+        self.calls.names = {id(m): a for a, m in self.modules.items()}
         self._entered = False
         # per function: None (never kept) or (facts, addresses whose test its type passes)
         self._funcs: dict[Any, tuple[funcs.FuncInfo, frozenset[str]] | None] = {}
 
     # ------------------------------------------------------------------ module hooks
     def _pre(self, module: nn.Module, args: Any) -> None:
-        if threading.get_ident() != self.thread:
-            return  # another thread's forward through a shared module is not ours
-        address = self._names[id(module)]
-        n = self._counts.get(address, 0) + 1
-        self._counts[address] = n
-        self._stack.append((address, f"{address}:{n}"))
+        if not self.calls.ours():
+            return
+        self.calls.enter(module)
         if not self._entered:
             torch._C._push_on_torch_function_stack(self)
             self._entered = True
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if threading.get_ident() != self.thread:
+        if not self.calls.ours():
             return
-        address = self._names[id(module)]
-        while self._stack:  # robust to inner calls whose exits never ran
-            if self._stack.pop()[0] == address:
-                break
-        if not self._stack:
+        self.calls.leave(module)
+        if not self.calls.running:
             self._leave()
 
     def _leave(self) -> None:
@@ -207,9 +199,10 @@ class ScopedRun(TorchFunctionMode):
         if fi.divides:
             type_ = funcs.call_type(fi, kwargs)
             addresses = self._addresses(fi.name, type_)
-        call = next((key for a, key in reversed(self._stack) if a in addresses), None)
-        if call is None:
+        found = next(((a, n) for a, n in reversed(self.calls.running) if a in addresses), None)
+        if found is None:
             return
+        call = f"{found[0]}:{found[1]}"
         if isinstance(out, _TENSOR):  # which tensors are the op's outputs: as the engine
             tensors = [out]
         elif out is None:
@@ -228,7 +221,7 @@ class ScopedRun(TorchFunctionMode):
     def attached(self) -> Iterator[ScopedRun]:
         """Hooks on the scope modules, removed on exit (also on error), and this thread's
         mode stack as it was."""
-        self.thread = threading.get_ident()
+        self.calls.thread = threading.get_ident()
         handles = []
         try:
             for m in self.modules.values():
@@ -238,6 +231,6 @@ class ScopedRun(TorchFunctionMode):
         finally:
             for h in handles:
                 h.remove()
-            self._stack.clear()
+            self.calls.running.clear()
             if self._entered:  # only if a hook never ran (not reached in a plain forward)
                 self._leave()

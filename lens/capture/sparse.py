@@ -38,6 +38,39 @@ def module_map(model: nn.Module) -> dict[str, nn.Module]:
     return ModelIndex(model).modules
 
 
+class ModuleCalls:
+    """The calls of hooked modules in the thread running the forward, as a pre- and a
+    post-hook see them: numbered per address as they start (``a:1``, ``a:2``), unwound as
+    they return. Hooks sit on shared modules, so a call from another thread is not ours
+    (:meth:`ours`); an inner call whose exit never ran (it raised) is unwound with the
+    call around it."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.names: dict[int, str] = {}  # hooked modules by id
+        self.counts: dict[str, int] = {}
+        self.running: list[tuple[str, int]] = []  # (address, call number), outermost first
+
+    def ours(self) -> bool:
+        return threading.get_ident() == self.thread
+
+    def enter(self, module: nn.Module) -> tuple[str, int]:
+        address = self.names[id(module)]
+        n = self.counts.get(address, 0) + 1
+        self.counts[address] = n
+        self.running.append((address, n))
+        return address, n
+
+    def leave(self, module: nn.Module) -> tuple[str, int] | None:
+        """The call of ``module`` that returned (None: none is running)."""
+        address = self.names[id(module)]
+        while self.running:
+            a, n = self.running.pop()
+            if a == address:
+                return a, n
+        return None
+
+
 def hits(scope: Scope | None, address: str, n: int) -> bool:
     """Whether a boundary ``scope`` asks for call ``n`` of module ``address``."""
     if scope is None or address not in scope.calls:
@@ -66,10 +99,7 @@ class HookRun:
         self.saved: dict[str, list[Tensor]] = {}
         self.fired = [0] * len(edits)
         self.halted = False
-        self.thread = threading.get_ident()
-        self._names: dict[int, str] = {}  # hooked modules by id (set in attached)
-        self._counts: dict[str, int] = {}
-        self._stack: list[tuple[str, int]] = []
+        self.calls = ModuleCalls()
         self._started: dict[str, int] = {}  # call key -> order in which calls started
         # one token per op: a tensor and the edits made of it (id -> token; kept alive)
         self._token: dict[int, int] = {}
@@ -77,12 +107,9 @@ class HookRun:
         self._done: list[set[int]] = [set() for _ in edits]
 
     def _pre(self, module: nn.Module, args: Any) -> None:
-        if threading.get_ident() != self.thread:
-            return  # another thread's forward through a shared module is not ours
-        address = self._names[id(module)]
-        n = self._counts.get(address, 0) + 1
-        self._counts[address] = n
-        self._stack.append((address, n))
+        if not self.calls.ours():
+            return
+        address, n = self.calls.enter(module)
         self._started[f"{address}:{n}"] = len(self._started)
 
     def in_call_order(self) -> dict[str, list[Tensor]]:
@@ -91,17 +118,12 @@ class HookRun:
         return dict(sorted(self.saved.items(), key=lambda kv: self._started[kv[0]]))
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if threading.get_ident() != self.thread:
+        if not self.calls.ours():
             return None
-        address = self._names[id(module)]
-        n = 0
-        while self._stack:  # robust to calls that raised inside (their exits never ran)
-            a, k = self._stack.pop()
-            if a == address:
-                n = k
-                break
-        if not n:
+        returned = self.calls.leave(module)
+        if returned is None:
             return None
+        address, n = returned
         replaced: dict[Path, Tensor] = {}
         if self.edits:
             self._edit(address, n, output, replaced)
@@ -146,9 +168,9 @@ class HookRun:
     @contextmanager
     def attached(self, targets: frozenset[str]) -> Iterator[HookRun]:
         """Hooks on the modules at ``targets``, removed on exit (also on error)."""
-        self.thread = threading.get_ident()
+        self.calls.thread = threading.get_ident()
         handles = []
-        self._names = {id(self.modules[a]): a for a in targets}
+        self.calls.names = {id(self.modules[a]): a for a in targets}
         try:
             for address in sorted(targets):
                 m = self.modules[address]
@@ -158,7 +180,7 @@ class HookRun:
         finally:
             for h in handles:
                 h.remove()
-            self._stack.clear()
+            self.calls.running.clear()
 
 
 def copy_payload(t: Tensor, options: PayloadOptions) -> Tensor:

@@ -60,7 +60,7 @@ def engine_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return full(self, *a, **k)
 
     def scoped_probe(self: ScopedRun, *a: Any, **k: Any) -> Any:
-        assert self._stack, "the scoped mode saw a call outside every scope module"
+        assert self.calls.running, "the scoped mode saw a call outside every scope module"
         return scoped(self, *a, **k)
 
     monkeypatch.setattr(Recorder, "__torch_function__", probe)
