@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from torch import Tensor
 
@@ -101,7 +101,6 @@ class FunctionInterceptor(Interceptor):
         return f"FunctionInterceptor({self.fn!r})"
 
 
-@runtime_checkable
 class Rule(Protocol):
     """What ``intervene=`` takes (``tl.when`` builds one)."""
 
@@ -123,8 +122,9 @@ def _rule_type(cls: Any) -> bool:
 
 
 def is_rule(obj: Any) -> TypeGuard[Rule]:
-    """``isinstance(obj, Rule)``, decided once per type: a runtime protocol check walks
-    the protocol's members on every call (tens of microseconds, several per run)."""
+    """Whether ``obj`` is a :class:`Rule` (its type has the three methods), decided once
+    per type: a runtime-checkable protocol's isinstance walks the protocol's members on
+    every call (tens of microseconds, several per run)."""
     cls: Any = type(obj)
     return _rule_type(cls)
 
