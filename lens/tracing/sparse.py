@@ -67,7 +67,7 @@ class SparseRecording:
         if key in self.payloads:
             return self.payloads[key]
         if isinstance(key, str) and ":" not in key:
-            calls = [v for k, v in self.payloads.items() if k.rpartition(":")[0] == key]
+            calls = [v for k, v in self.payloads.items() if _in(k, key)]
             if calls:
                 return calls
         have = ", ".join(map(repr, list(self.payloads)[:8])) or "none"
@@ -81,9 +81,7 @@ class SparseRecording:
     def _op_calls(self, key: Any) -> list[KeptOp]:
         if not isinstance(key, str):
             return []
-        if ":" in key:
-            return [k for k in self.kept_ops if k.call == key]
-        return [k for k in self.kept_ops if k.call.rpartition(":")[0] == key]
+        return [k for k in self.kept_ops if _in(k.call, key)]
 
     def ops_in(self, call: str) -> list[tuple[str, Tensor]]:
         """``(function name, tensor)`` of each op kept inside module call ``call``
@@ -113,6 +111,12 @@ class SparseRecording:
                f"{len({k.call for k in self.kept_ops})} calls" if self.kept_ops else "")
         return (f"<SparseRecording of {type(self.model).__name__}: {state}"
                 f"{len(self.payloads)} module calls{ops} kept>")
+
+
+def _in(call: str, key: str) -> bool:
+    """Whether module call ``call`` (``'a:2'``) is what ``key`` names: that call, or
+    (an address, ``'a'``) any call of that module."""
+    return call == key if ":" in key else call.rpartition(":")[0] == key
 
 
 def record_sparse(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
