@@ -8,7 +8,7 @@ from ..capture import check_model, hooked_module
 from ..capture.args import check_input_kwargs
 from ..capture.interceptors import added_modules, rules_of, validate_rules
 from ..capture.model_index import ModelIndex
-from ..tracing.api import CaptureOptions, capture
+from ..tracing.api import CaptureOptions, _no_gc, capture
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -38,9 +38,14 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     if plan is not None:  # every rule decided at module exits: hooks, no function mode
         return run_on_hooks(model, plan, args, kwargs, modules)
     # Everything else: the one capture tl.trace and tl.record use, keeping no payload.
-    done = capture(model, args, input_kwargs, CaptureOptions(save=False, intervene=specs),
-                   "tl.run")
-    done.rec.finish()
-    for r in done.rec.interceptors:
-        r.close(None)
-    return done.output
+    # The records are dropped when the run returns: with the collector paused through
+    # finish(), they are freed by reference counting before it could ever visit them.
+    with _no_gc():
+        done = capture(model, args, input_kwargs, CaptureOptions(save=False, intervene=specs),
+                       "tl.run")
+        done.rec.finish()
+        for r in done.rec.interceptors:
+            r.close(None)
+        output = done.output
+        del done
+    return output

@@ -78,8 +78,10 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         lookback_payload_policy=lookback_payload_policy, code_context=code_context,
         intervention_ready=intervention_ready, save_grads=save_grads, save_at=save_at,
         storage=storage)
-    done = capture(model, args, input_kwargs, opts, "tl.trace")
+    # One pause for the whole call: the capture's scratch (its tensor map, one weak
+    # reference and one tuple per op) is freed before the collector could visit it.
     with _no_gc():
+        done = capture(model, args, input_kwargs, opts, "tl.trace")
         result = done.to_trace()
     if storage is not None:
         storage.close(result)
