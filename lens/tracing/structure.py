@@ -10,7 +10,9 @@ The fingerprint holds, for every record in call order, every field postprocessin
 
 * ``kind`` (inputs/outputs anchor orphan trimming; sources are labelled short; loops
   group only ``op``/``identity``), ``func_name`` and ``type`` (signatures, labels),
-* ``parent_idx`` and ``child_idx`` in order (trimming, argument slots, neighbours),
+* ``parent_idx`` in order (trimming, argument slots, neighbours; ``child_idx`` is not
+  included: the engine writes it from the parents alone, so equal parents give equal
+  children),
 * ``out_index`` and, for multi-output calls, ``call_id`` (sibling outputs),
 * ``params`` (rule 1: same parameters applied again),
 * the module path: ``module_ctx`` addresses (call numbers are not read),
@@ -104,7 +106,7 @@ def fingerprint(ops: Sequence[OpRecord], keep_orphans: bool,
         if akey is _OPAQUE or kkey is _OPAQUE:
             return None
         append((op.kind, op.func_name, op.type, out_index, op.params, path, op.parent_idx,
-                tuple(op.child_idx), op.call_id if out_index else None, akey, kkey))
+                op.call_id if out_index else None, akey, kkey))
     return tuple(rows)
 
 
