@@ -103,33 +103,31 @@ def _parts(sel: Selector) -> tuple[Selector, ...]:
 def hooked_clean(rec: SparseRecording, site_ops: Sequence[Op], out_op: Op
                  ) -> HookedClean | None:
     """The clean values of ``site_ops`` (ops of the corrupted trace) and of ``out_op``
-    read from ``rec``; None if one has no counterpart of its shape and dtype there (the
-    caller then traces the clean run in full, which names any difference)."""
+    read from ``rec``; None unless both runs made the same calls of the hooked modules,
+    each returning as many tensors, and every value read has the shape and dtype of its
+    op (the caller then traces the clean run in full, which names any difference)."""
     values: dict[int, Tensor] = {}
+    used: set[str] = set()
     for op in site_ops:
-        v = _module_value(rec, op)
-        if v is None or not _same_kind(v, op.out):
+        calls = [c for c in op.record.output_of if c.key in rec.payloads]
+        found = [_leaf(rec.payloads[c.key], c.output_ops, op.call_index) for c in calls]
+        v = found[0] if found else None
+        if v is None or any(f is not v for f in found) or not _same_kind(v, op.out):
             return None
         values[op.call_index] = v
+        used.update(c.key for c in calls)
     output = _output_value(rec.output, out_op)
-    if output is None or not _same_kind(output, out_op.out):
+    if used != set(rec.payloads) or output is None or not _same_kind(output, out_op.out):
         return None
     return HookedClean(values, output)
 
 
-def _module_value(rec: SparseRecording, op: Op) -> Tensor | None:
-    """The tensor a call ``op`` is the output of returned at ``op``'s place among its
-    distinct outputs (a hook keeps a tensor returned twice once, as a trace has one op
-    for it)."""
-    for call in op.record.output_of:
-        kept = rec.payloads.get(call.key)
-        if kept is None:
-            continue
-        order = list(dict.fromkeys(call.output_ops))
-        if len(order) != len(kept):
-            return None
-        return kept[order.index(op.call_index)]
-    return None
+def _leaf(kept: list[Tensor], output_ops: list[int], call_index: int) -> Tensor | None:
+    """The tensor a module call returned at the place of op ``call_index`` among its
+    distinct outputs (a hook keeps a tensor returned twice once; a trace has one op for
+    it)."""
+    order = list(dict.fromkeys(output_ops))
+    return kept[order.index(call_index)] if len(order) == len(kept) else None
 
 
 def _output_value(output: Any, out_op: Op) -> Tensor | None:
