@@ -30,7 +30,10 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
     ``[batch]`` (padded batches: row b patched at ``positions[b]``). Rows name the site as
     given, with its ``layer`` (block index), ``op`` (label), ``head`` and ``position``.
     Cells are replayed downstream of their sites only: up to ``batch_size`` cells, of
-    one site or several, share one vmapped replay from the earliest of their sites. With ``out=``,
+    one site or several, share one vmapped replay from the earliest of their sites. When
+    every site is a module output, the clean run is recorded with forward hooks on those
+    modules only (it must make the same calls of them, returning the same shapes); other
+    sites trace it in full (same graph as the corrupted run). With ``out=``,
     rows are stored there and a rerun computes only the missing ones; ``resume='force'``
     keeps rows even though the metric's code changed."""
     check_same_shapes(clean, corrupted)

@@ -71,7 +71,7 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Any, *,
     kw = dict(spec.input_kwargs)
     patch_spec = SweepSpec("patching", sites, metric, (clean, corrupted), positions,
                            position_dim, None, output, kw)
-    runner = SweepRunner(model, patch_spec)  # clean and corrupted traces, sites, cells
+    runner = SweepRunner(model, patch_spec, clean_trace=True)  # both traces, sites, cells
     sites = runner.sites()
     calls = {c for site in sites for c in _carriers(runner.base, site)}
     with torch.enable_grad():

@@ -14,17 +14,19 @@ from typing import Any
 
 import torch
 
-from ..bundles.core import check_same_graph
 from ..errors import InterventionError, LensError
 from ..facets._edits import Step
 from ..interventions._sites import trace_site
 from ..selectors import coerce
 from ..tracing import Op, Trace
 from ..tracing import trace as _trace
+from ..tracing.record import record
 from . import positions
 from .batched import BatchedReplay
 from .positions import _short
 from .sites import SweepSite, find_sites
+from .sources import HookedClean, TracedClean, hooked_clean, hooked_modules
+from .sources import matched as candidates
 from .spec import SweepSpec
 
 _SOURCES = frozenset({"input", "output", "buffer", "constant"})
@@ -52,26 +54,50 @@ def as_args(x: Any) -> tuple[Any, ...]:
 class SweepRunner:
     """Holds the traces one sweep needs; ``run(cells)`` returns one row per cell."""
 
-    def __init__(self, model: Any, spec: SweepSpec) -> None:
+    def __init__(self, model: Any, spec: SweepSpec, *, clean_trace: bool = False) -> None:
+        """``clean_trace=True``: trace the clean run in full even when its module
+        outputs would do (``source`` is then that trace; attribution reads its graph)."""
         self.model = model
         self.spec = spec
         kw = dict(spec.input_kwargs)
+        self.source: Trace | None = None
+        self._sites: dict[tuple[str, str], SweepSite] | None = None
+        rec = None
         with torch.no_grad():
             if spec.kind == "patching":
                 clean, corrupted = spec.inputs
-                self.source: Trace | None = _trace(model, *as_args(clean), input_kwargs=kw)
+                hooked = None if clean_trace else hooked_modules(model, spec.sites)
+                if hooked:
+                    rec = record(model, *as_args(clean), input_kwargs=kw, save=hooked,
+                                 sparse=True)
+                else:
+                    self.source = _trace(model, *as_args(clean), input_kwargs=kw)
                 self.base = _trace(model, *as_args(corrupted), input_kwargs=kw)
-                check_same_graph("clean", self.source, "corrupted", self.base)
             else:
-                self.source = None
                 self.base = _trace(model, *as_args(spec.inputs[0]), input_kwargs=kw)
-        self._sites: dict[tuple[str, str], SweepSite] | None = None
         self.out_op = self._output_op()
+        self.clean = self._clean(rec)
         self.replay = BatchedReplay(self.base, self.out_op, spec.metric)
         with torch.no_grad():
             self.baseline = float(spec.metric(self.out_op.out))
-            self.clean_value = (float(spec.metric(self._twin(self.out_op).out))
-                                if self.source is not None else None)
+            self.clean_value = (None if self.clean is None else float(spec.metric(
+                self.clean.output if isinstance(self.clean, HookedClean)
+                else self.clean.twin(self.out_op).out)))
+
+    def _clean(self, rec: Any) -> TracedClean | HookedClean | None:
+        """Where clean values come from: the hook recording when it has every site's
+        value, else a full trace of the clean run (traced now if not yet)."""
+        if self.spec.kind != "patching":
+            return None
+        if rec is not None:
+            found = hooked_clean(rec, [s.op for s in self.sites()], self.out_op)
+            if found is not None:
+                return found
+            with torch.no_grad():
+                self.source = _trace(self.model, *as_args(self.spec.inputs[0]),
+                                     input_kwargs=dict(self.spec.input_kwargs))
+        assert self.source is not None
+        return TracedClean(self.source, self.base)
 
     def _output_op(self) -> Op:
         if self.spec.output is not None:
@@ -85,7 +111,7 @@ class SweepRunner:
     def site_ops(self) -> list[Op]:
         sel = coerce(self.spec.sites, module_addresses=set(self.base.modules))
         sel.validate(module_addresses=set(self.base.modules))
-        found = [op for op in self.base.ops if op.kind not in _SOURCES and sel(op)
+        found = [op for op in candidates(self.base, sel) if op.kind not in _SOURCES
                  and op.dtype is not None and op.dtype.is_floating_point]
         if not found:
             raise InterventionError(
@@ -151,17 +177,8 @@ class SweepRunner:
         return step.apply(value, _CarrierSite(op, value), _CellEdit(self, keys, op))
 
     def _source_of(self, op: Op) -> torch.Tensor:
-        assert self.source is not None
-        src: torch.Tensor = self._twin(op).out.detach()
-        return src
-
-    def _twin(self, op: Op) -> Op:
-        """``op``'s counterpart in the clean trace: the op at the same place, since both
-        traces have one graph (checked on construction); no label table is built."""
-        assert self.source is not None
-        twin: Op = self.source.ops[op.index]
-        assert twin.label == op.label
-        return twin
+        assert self.clean is not None
+        return self.clean.value(op)
 
     def _edit(self, value: torch.Tensor, keys: list[tuple[Any, ...]] | None,
               source: Callable[[], torch.Tensor], op: Op) -> torch.Tensor:
