@@ -92,7 +92,9 @@ def test_first_trace_run_record_and_replay_touch_nothing_in_torch():
 
 
 def _no_hooks(model: nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    """No hook left, and no module keeps the ``forward`` a capture wraps it with."""
+    return all(not m._forward_hooks and not m._forward_pre_hooks
+               and "forward" not in vars(m) for m in model.modules())
 
 
 def _mode_stack() -> int:
