@@ -18,23 +18,30 @@ def model_fingerprint(model: Any) -> str:
         cls = type(model)
         return f"{cls.__module__}.{cls.__qualname__}"
     h = hashlib.sha256(type(model).__qualname__.encode())
+    picks: dict[tuple[int, torch.device], torch.Tensor] = {}  # sample index per size
     with torch.no_grad():
         for name, t in model.state_dict().items():
             h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
-            h.update(_sample(t))
+            h.update(_sample(t, picks))
     return h.hexdigest()[:16]
 
 
-def _sample(t: torch.Tensor) -> bytes:
+def _sample(t: torch.Tensor, picks: dict[tuple[int, torch.device], torch.Tensor]) -> bytes:
     if t.numel() == 0 or t.is_meta or t.is_quantized:
         return b""
     flat = t.detach().reshape(-1)
     n = flat.numel()
-    k = min(n, SAMPLES)
-    # evenly spaced in exact integer arithmetic (a float32 linspace rounds past the end
-    # for sizes above 2**24)
-    index = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
-    picked = flat[index.to(flat.device)].cpu().contiguous()
+    if n <= SAMPLES:  # every value is a sample: the same bytes, without the indexing
+        picked = flat.cpu().contiguous()
+    else:
+        index = picks.get((n, flat.device))
+        if index is None:
+            # evenly spaced in exact integer arithmetic (a float32 linspace rounds past
+            # the end for sizes above 2**24); one index per size and device (a model's
+            # blocks repeat the same sizes)
+            index = torch.arange(SAMPLES, dtype=torch.int64) * (n - 1) // (SAMPLES - 1)
+            index = picks[(n, flat.device)] = index.to(flat.device)
+        picked = flat[index].cpu().contiguous()
     return picked.view(torch.uint8).numpy().tobytes()
 
 
