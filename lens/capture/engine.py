@@ -117,7 +117,7 @@ class Recorder(TorchFunctionMode):
         # tensor's _version when mapped: a later write through any view bumps it)
         self.tensor_map: dict[int, tuple[int, weakref.ref[Tensor], Ref, int]] = {}
         self.store = storage.StorageLog()  # writes and kept payloads, by storage
-        self._kept_log = self.store.kept
+        self._kept_log = self.store.kept_fast  # per op: the list append itself
         self._sources: list[Tensor] = []  # inputs, buffers, constants: outlive the pass
         self.index = index if index is not None else ModelIndex(model)
         self.params = self.index.params
@@ -608,7 +608,10 @@ class Recorder(TorchFunctionMode):
                 idx = op.call_index
             self.ctx = outer
             rec = self.ops[idx]
-            rec.output_of.append(call)
+            if rec.output_of:
+                rec.output_of.append(call)
+            else:  # most ops are no module's output: they share the empty tuple
+                rec.output_of = [call]
             call.output_ops.append(idx)
             if self._exit_hooks:
                 self._exit_edit(rec, path, replaced.get(path, t), replaced, args, kwargs)

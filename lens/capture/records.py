@@ -152,7 +152,8 @@ class OpRecord:
         else:
             self.shape, self.dtype, self.device, self.requires_grad = (), None, None, False
         self.module_ctx = module_ctx
-        self.output_of: list[ModuleCallRecord] = []
+        # a list once some module returns this op's tensor (most never: shared ())
+        self.output_of: list[ModuleCallRecord] | tuple[()] = ()
         self.params = params
         self.elapsed = elapsed
         self.out_index = out_index

@@ -92,6 +92,12 @@ class StorageLog:
         """Op ``idx`` holds a payload (kept or pending) that may alias a storage."""
         self._unindexed.append(idx)
 
+    @property
+    def kept_fast(self) -> Callable[[int], None]:
+        """:meth:`kept` as the list's own ``append`` (no Python frame per op; valid for
+        the life of this log)."""
+        return self._unindexed.append
+
     def before_write(self, target: Tensor, held: Callable[[int], Tensor | None],
                      replace: Callable[[int, Tensor], None]) -> None:
         """Copy on write: clone every held payload aliasing ``target``'s storage."""
@@ -109,7 +115,9 @@ class StorageLog:
                     replace(i, t.clone())
 
     def _index(self, held: Callable[[int], Tensor | None]) -> None:
-        pending, self._unindexed = self._unindexed, []
+        # emptied in place: the engine appends through this list's own bound append
+        pending = self._unindexed[:]
+        self._unindexed.clear()
         for i in pending:
             t = held(i)
             k = key(t) if t is not None else None
