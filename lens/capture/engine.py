@@ -169,13 +169,15 @@ class Recorder(TorchFunctionMode):
                 op._saved = True
             else:
                 self._keep(op, tensor)
-        elif not self._save_none:
-            decision = self.policy.decide(op, "live")
+            self._kept_log(idx)
+        elif not self._save_none:  # (an op holding no payload is not logged: no copy
+            decision = self.policy.decide(op, "live")  # on write can concern it)
             if decision:
                 self._keep(op, tensor)
+                self._kept_log(idx)
             elif decision is None:
                 self._hold(idx, tensor)
-        self._kept_log(idx)
+                self._kept_log(idx)
         try:
             v = tensor._version
         except RuntimeError:  # inference tensors have no version counter
