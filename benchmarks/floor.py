@@ -3,6 +3,7 @@
 * :class:`FloorRecorder`: the floor of an exact every-op recorder, a bare
   ``TorchFunctionMode`` that appends ``(func, args, out)`` for every torch call, plus a
   pre- and a post-hook on every module. Nothing is labelled, copied or postprocessed.
+* :func:`bare_mode`: that mode alone, without the hooks.
 * :func:`hooks_every_module`: what hook-based tools do, a forward hook on every module
   storing its output.
 * :func:`hooks_one_module`: the same on one module only.
@@ -58,6 +59,13 @@ class FloorRecorder:
         finally:
             for h in handles:
                 h.remove()
+
+
+def bare_mode(model: nn.Module, *args: Any) -> Any:
+    """``model(*args)`` under the bare appending ``TorchFunctionMode`` alone: the part of
+    :class:`FloorRecorder` no module-boundary mechanism can remove."""
+    with _Appender([]):
+        return model(*args)
 
 
 def hooks_every_module(model: nn.Module, names: list[str] | None = None

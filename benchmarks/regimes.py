@@ -23,7 +23,13 @@ import lens as tl
 
 from . import inplace
 from .common import Section, interleaved, raw_forward
-from .floor import FloorRecorder, hooks_batched_patching, hooks_every_module, hooks_one_module
+from .floor import (
+    FloorRecorder,
+    bare_mode,
+    hooks_batched_patching,
+    hooks_every_module,
+    hooks_one_module,
+)
 from .memory import peak_rss_in_subprocess, peak_rss_over_payload
 
 BLOCK = "transformer.h.5"
@@ -51,6 +57,7 @@ TARGETS: list[tuple[str, str, str, str, str]] = [
     ("floor", "floor: bare TorchFunctionMode + pre/post hooks", "x raw", "(1.66)", ""),
     ("floor_per_op_us", "floor per op, (floor - raw) / lens's recorded ops", "us/op",
      "(2.7)", ""),
+    ("floor_mode", "a bare TorchFunctionMode alone (no module hooks)", "x raw", "", ""),
     ("hooks_all", "forward hooks on every module, outputs stored", "x raw", "(1.06)", ""),
     ("hooks_one", "forward hook on one module, output stored", "x raw", "", ""),
     ("sweep_cell", "residual patching sweep, 12 blocks x every position, per cell",
@@ -156,6 +163,7 @@ def _forward_fns(model: nn.Module, x: torch.Tensor, block: str) -> dict[str, Cal
         "in_module_func_sparse": lambda: tl.record(model, x, save=tl.in_module(block) & GELU,
                                                    sparse=True),
         "floor": lambda: floor(x),
+        "floor_mode": lambda: bare_mode(model, x),
         "hooks_all": lambda: every(x),
         "hooks_one": lambda: one(x),
     }
