@@ -8,7 +8,7 @@ from ..capture import check_model, hooked_module
 from ..capture.args import check_input_kwargs
 from ..capture.interceptors import added_modules, rules_of, validate_rules
 from ..capture.model_index import ModelIndex
-from ..tracing.api import CaptureOptions, _no_gc, capture
+from ..tracing.api import CaptureOptions, capture, collector_paused
 from ._sparse import hook_plan, run_on_hooks
 
 
@@ -40,7 +40,7 @@ def run(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
     # Everything else: the one capture tl.trace and tl.record use, keeping no payload.
     # The records are dropped when the run returns: with the collector paused through
     # finish(), they are freed by reference counting before it could ever visit them.
-    with _no_gc():
+    with collector_paused():
         done = capture(model, args, input_kwargs, CaptureOptions(save=False, intervene=specs),
                        "tl.run")
         done.rec.finish()

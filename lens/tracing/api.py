@@ -80,7 +80,7 @@ def trace(model: Any, *args: Any, input_kwargs: dict[str, Any] | None = None,
         storage=storage)
     # One pause for the whole call: the capture's scratch (its tensor map, one weak
     # reference and one tuple per op) is freed before the collector could visit it.
-    with _no_gc():
+    with collector_paused():
         done = capture(model, args, input_kwargs, opts, "tl.trace")
         result = done.to_trace()
     if storage is not None:
@@ -160,7 +160,7 @@ def capture(model: Any, args: tuple[Any, ...], input_kwargs: dict[str, Any] | No
         rec._plain_payload = False
     # Replay and rerun re-draw random ops from the RNG state the capture started from.
     rng = _rng_snapshot() if opts.intervention_ready else None
-    with _no_gc():
+    with collector_paused():
         t0 = perf_counter()
         output = run_forward(model, rec, args, kwargs)
         elapsed = perf_counter() - t0
@@ -257,7 +257,7 @@ _GC_PAUSED = [0, False]  # traces now running; whether the collector was on befo
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while records are created (restored after).
 
     Capture allocates a few small objects per op; the collector would otherwise traverse

@@ -39,7 +39,7 @@ from ..capture.records import OpRecord, RecordTable
 from ..errors import CaptureError, LookupKeyError, PayloadError, expect
 from ..selectors import LABEL_PATTERN, Label, Selector, coerce, module
 from ..selectors._places import ADDRESS
-from .api import Captured, CaptureOptions, _no_gc, capture
+from .api import Captured, CaptureOptions, capture, collector_paused
 from .sparse import SparseRecording, record_sparse
 from .traces import Trace
 
@@ -112,7 +112,7 @@ class Recording:
                  detect_loops: bool | None = None) -> Trace:
         """Postprocess into a :class:`Trace` (labels, layers, modules)."""
         if self._trace is None:
-            with _no_gc():
+            with collector_paused():
                 self._trace = self.captured.to_trace(keep_orphans=keep_orphans,
                                                      detect_loops=detect_loops)
         return self._trace
@@ -211,7 +211,7 @@ def pluck(model: Any, *args: Any, site: Any = None, input_kwargs: dict[str, Any]
     types = _label_types(sel)
     if types is not None:
         candidates = CaptureOptions(save=sel, policy=_TypeCandidates(sel, types), **opts)
-        with _no_gc():
+        with collector_paused():
             found = capture(model, args, kwargs, candidates, "tl.pluck").to_trace()
     else:
         found = record(model, *args, input_kwargs=kwargs, save=sel, **opts).to_trace()
