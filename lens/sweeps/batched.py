@@ -35,17 +35,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..capture.records import OpRecord
 from ..replay.interpreter import Interpreter, downstream
+from ..replay.steps import Step, prepare_all
 from ..tracing import Op, Trace
 
 
 @dataclass(frozen=True)
 class Segment:
-    """Ops recomputed after site ``start`` up to the next site (inclusive), and the call
-    indices of the values handed to the next segment (empty for the last one)."""
+    """Ops recomputed after site ``start`` up to the next site (inclusive), as replay
+    steps prepared once per plan, and the call indices of the values handed to the next
+    segment (empty for the last one)."""
 
     start: int
-    ops: tuple[Op, ...]
+    steps: tuple[Step, ...]
     live: tuple[int, ...]
 
 
@@ -84,19 +87,19 @@ class BatchedReplay:
     def _make_plan(self, sources: tuple[int, ...]) -> list[Segment] | None:
         cone, known = _cone(self.base, sources)
         last: dict[int, float] = {}
-        for op in cone:
-            for p in op.parent_idx:
+        for rec in cone:
+            for p in rec.parent_idx:
                 if p in known:
-                    last[p] = max(last.get(p, -1), op.call_index)
+                    last[p] = max(last.get(p, -1), rec.call_index)
         last[self.out_op.call_index] = float("inf")
         segments = []
         for k, start in enumerate(sources):
             end = sources[k + 1] if k + 1 < len(sources) else float("inf")
-            ops = tuple(op for op in cone if start < op.call_index <= end)
+            steps = prepare_all(r for r in cone if start < r.call_index <= end)
             live = tuple(sorted(c for c in known if c <= end and last.get(c, -1) > end))
             if end != float("inf") and not live:
                 return None
-            segments.append(Segment(start, ops, live if k + 1 < len(sources) else ()))
+            segments.append(Segment(start, steps, live if k + 1 < len(sources) else ()))
         return segments
 
     def _vmapped(self, at: Sequence[int], values: Sequence[Tensor]) -> list[float] | None:
@@ -143,7 +146,7 @@ class BatchedReplay:
 
         def run(*vals: Tensor) -> Any:
             it = Interpreter(self.base, values=dict(zip(keys, vals, strict=True)))
-            it.run(seg.ops)
+            it.run_steps(seg.steps)
             if not seg.live:
                 return self.metric(it.value(out_index))
             return tuple(it.value(ci) for ci in seg.live)
@@ -157,15 +160,16 @@ class BatchedReplay:
         return self.metric(env.get(self.out_op.call_index, self.out_op.out))  # type: ignore[no-any-return]
 
 
-def _cone(trace: Trace, sources: tuple[int, ...]) -> tuple[list[Op], set[int]]:
+def _cone(trace: Trace, sources: tuple[int, ...]) -> tuple[list[OpRecord], set[int]]:
     """The ops after the first of ``sources`` whose value depends on any of them, later
     sources included (recomputed for the cells patched earlier); and the call indices
     of every value a pass may hold batched (those ops and the sources)."""
     known = set(sources)
     cone = []
-    for op in trace.ops:
-        ci = op.call_index
-        if ci > sources[0] and any(p in known for p in op.parent_idx):
-            cone.append(op)
+    first = sources[0]
+    for rec in trace.kept:
+        ci = rec.call_index
+        if ci > first and any(p in known for p in rec.parent_idx):
+            cone.append(rec)
             known.add(ci)
     return cone, known
