@@ -275,6 +275,15 @@ def _present(args: tuple[Any, ...], kwargs: dict[str, Any],
     return found
 
 
+def has_side_writes(func: Any) -> bool:
+    """Whether ``func`` may overwrite arguments besides its output (see
+    :func:`side_writes`, which says which, given the arguments)."""
+    try:
+        return func in _side_table()
+    except TypeError:  # an unhashable callable
+        return False
+
+
 def side_writes(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Slot]:
     """Arguments ``func`` overwrites besides its output (train-mode batch_norm's running
     statistics): positions or keywords."""

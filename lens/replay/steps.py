@@ -130,10 +130,7 @@ def needs_guard(record: OpRecord) -> bool:
 def writes_aside(func: Any) -> bool:
     """Whether ``func`` may write into arguments besides its output (running statistics:
     see :func:`lens.capture.storage.side_writes`)."""
-    try:
-        return func in storage._side_table()
-    except TypeError:  # an unhashable callable
-        return False
+    return storage.has_side_writes(func)
 
 
 def is_stochastic(op: Any) -> bool:
