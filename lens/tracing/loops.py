@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Hashable, Sequence
+from functools import cached_property
 from itertools import pairwise
+from operator import itemgetter
+from types import NoneType
 from typing import Any
 
 from ..capture.records import IDENTITY, OP, ModuleCallRecord, OpRecord, ParamRef, Ref
@@ -51,18 +54,22 @@ def find_layers(ops: Sequence[OpRecord], detect_loops: bool = True) -> list[int]
         g.compute_signatures()
         _rule2(g, groups, seeds)
         _rule3(g, groups)
-    return [groups.first[groups.find(i)] for i in range(len(ops))]
+    return groups.firsts()
 
 
 # --------------------------------------------------------------------------- graph
 class _Graph:
-    """Positions, neighbours and interned signatures of the kept ops."""
+    """Positions, neighbours and interned signatures of the kept ops.
+
+    Only growable ops (``eligible``) get a signature: the rules compare signatures of
+    those alone (rule 2 pairs and rule 3 blocks hold growable ops only). Every other op
+    gets a signature of its own (``-1 - position``), equal to no other. Parents and
+    children (as positions) are made on first use: a graph without repeated parameters
+    never reads children.
+    """
 
     def __init__(self, ops: Sequence[OpRecord]) -> None:
         self.ops = ops
-        pos = {op.call_index: i for i, op in enumerate(ops)}
-        self.parents = [[pos[c] for c in op.parent_idx if c in pos] for op in ops]
-        self.children = [[pos[c] for c in op.child_idx if c in pos] for op in ops]
         self.sig: list[int] = []
         self.eligible = [op.kind in _GROWABLE and not op.params for op in ops]
         by_call: dict[int, list[int]] = {}
@@ -71,18 +78,56 @@ class _Graph:
                 by_call.setdefault(op.call_id, []).append(i)
         self.siblings = by_call
 
+    @cached_property
+    def _pos(self) -> dict[int, int]:
+        return {op.call_index: i for i, op in enumerate(self.ops)}
+
+    @cached_property
+    def parents(self) -> list[list[int]]:
+        return _positions(self._pos, [op.parent_idx for op in self.ops])
+
+    @cached_property
+    def children(self) -> list[list[int]]:
+        return _positions(self._pos, [op.child_idx for op in self.ops])
+
     def compute_signatures(self) -> None:
-        table: dict[Hashable, int] = {}
-        paths: dict[int, tuple[str, ...]] = {}
-        sig = self.sig
-        for op in self.ops:
-            ctx = op.module_ctx
-            path = paths.get(id(ctx))
-            if path is None:
-                path = paths[id(ctx)] = _addresses(ctx)
-            key = (op.kind, op.func_name, op.type, op.out_index, op.params, path,
-                   _norm(op.args), _norm(op.kwargs) if op.kwargs else ())
-            sig.append(table.setdefault(key, len(table)))
+        """Intern signatures: ops are first split by what is cheap to read (kind,
+        function, type, output slot, parameters, module path); only classes of two ops
+        or more are split further by their argument templates."""
+        ops = self.ops
+        path_of: dict[int, int] = {}  # id of a module context -> id of its address path
+        paths: dict[tuple[str, ...], int] = {}
+        classes: dict[Hashable, list[int]] = {}
+        for i, (op, eligible) in enumerate(zip(ops, self.eligible, strict=True)):
+            if eligible:
+                ctx = op.module_ctx
+                path = path_of.get(id(ctx))
+                if path is None:
+                    path = path_of[id(ctx)] = paths.setdefault(_addresses(ctx), len(paths))
+                head = (op.kind, op.func_name, op.type, op.out_index, op.params, path)
+                found = classes.get(head)
+                if found is None:
+                    classes[head] = [i]
+                else:
+                    found.append(i)
+        sig = self.sig = [-1 - i for i in range(len(ops))]
+        key_of = _Keys().of
+        n = 0
+        for members in classes.values():
+            if len(members) == 1:
+                sig[members[0]] = n
+                n += 1
+                continue
+            table: dict[Hashable, int] = {}
+            for i in members:
+                op = ops[i]
+                kwargs = op.kwargs
+                key = (key_of(op.args), key_of(kwargs) if kwargs else ())
+                s = table.get(key)
+                if s is None:
+                    s = table[key] = n
+                    n += 1
+                sig[i] = s
 
     def corresponding(self, a: int, b: int) -> list[tuple[int, int]]:
         """Pairs (x, y): a neighbour x of op ``a`` and the neighbour y of op ``b`` in the
@@ -121,8 +166,20 @@ class _Graph:
 _GROWABLE = frozenset({OP, IDENTITY})
 
 
+def _positions(pos: dict[int, int], idx: list[Any]) -> list[list[int]]:
+    """Call indices -> positions among the kept ops (indices of ops not kept dropped)."""
+    get = pos.__getitem__
+    out: list[list[int]] = []
+    for cs in idx:
+        try:
+            out.append(list(map(get, cs)))
+        except KeyError:
+            out.append([pos[c] for c in cs if c in pos])
+    return out
+
+
 def _addresses(ctx: tuple[ModuleCallRecord, ...]) -> tuple[str, ...]:
-    return tuple(c.address for c in ctx)
+    return tuple([c.address for c in ctx])
 
 
 def _norm(v: Any) -> Hashable:
@@ -147,6 +204,76 @@ def _norm(v: Any) -> Hashable:
     except TypeError:
         return ("repr", t, repr(v))
     return (t, v)
+
+
+class _Keys:
+    """Keys of argument templates, as fine as :func:`_norm` (equal keys only for equal
+    normalised values) and cheaper: how to key a sequence is decided once per tuple of
+    item types (a *plan*), then applied with C-level calls.
+
+    A sequence is keyed as ``(type, item types, items)``: flat items (scalars, None,
+    ParamRef) as they are, a Ref left out (its type says it was one), others keyed in
+    turn. A dict with string keys is keyed by its sorted keys and the key of its values
+    in that order (``_norm`` sorts the items too). Anything else is ``_norm``'s; no key
+    of one form equals one of another.
+    """
+
+    def __init__(self) -> None:
+        self.plans: dict[tuple[type, ...], Any] = {}
+        self.dict_plans: dict[tuple[Any, ...], Any] = {}
+
+    def of(self, v: Any) -> Hashable:
+        t = type(v)
+        if t is tuple or t is list or (t is not dict and isinstance(v, tuple)):
+            types = tuple(map(type, v))
+            plan = self.plans.get(types)
+            if plan is None:
+                plan = self.plans[types] = _plan(types)
+            if plan is _AS_IS:
+                return (t, types, tuple(v))
+            if plan is _DEEP:
+                of = self.of
+                return (t, types, tuple([None if u is Ref else x if u in _FLAT else of(x)
+                                         for u, x in zip(types, v, strict=True)]))
+            return (t, types, plan(v))  # an itemgetter of the items that are no Ref
+        if t is dict:
+            keys = tuple(v)
+            getter = self.dict_plans.get(keys)
+            if getter is None:
+                getter = self.dict_plans[keys] = _dict_plan(keys)
+            if getter is not _DEEP:
+                names, values = getter
+                return (dict, names, self.of(values(v)))
+        return _norm(v)
+
+
+# Values a key holds as they are, beside their type.
+_FLAT = frozenset({Ref, ParamRef, bool, int, float, str, NoneType})
+_AS_IS, _DEEP = object(), object()
+
+
+def _plan(types: tuple[type, ...]) -> Any:
+    """How to key a sequence with these item types (see :class:`_Keys`)."""
+    if not all(u in _FLAT for u in types):
+        return _DEEP
+    kept = [i for i, u in enumerate(types) if u is not Ref]
+    if len(kept) == len(types):
+        return _AS_IS
+    getter = itemgetter(*kept) if kept else None
+    # itemgetter of one index gives the item, of none: nothing; keep a tuple
+    return ((lambda v: ()) if getter is None else
+            (lambda v: (getter(v),)) if len(kept) == 1 else getter)
+
+
+def _dict_plan(keys: tuple[Any, ...]) -> Any:
+    """Sorted keys and how to read the values in that order (``_DEEP``: not all str)."""
+    if not all(type(k) is str for k in keys):
+        return _DEEP
+    names = tuple(sorted(keys))
+    if len(names) == 1:
+        name = names[0]
+        return names, lambda v: (v[name],)
+    return names, itemgetter(*names)
 
 
 # --------------------------------------------------------------------------- groups
@@ -175,6 +302,16 @@ class _Groups:
         while up[i] != root:
             up[i], i = root, up[i]
         return root
+
+    def firsts(self) -> list[int]:
+        """For each position, the first position of its group."""
+        out = list(range(len(self.up)))
+        for members in self.members:
+            if len(members) > 1:
+                first = min(members)
+                for m in members:
+                    out[m] = first
+        return out
 
     def merge(self, ra: int, rb: int) -> int:
         """Unconditional union of two roots; returns the new root."""
@@ -246,36 +383,53 @@ def _rule2(g: _Graph, groups: _Groups, seeds: list[tuple[list[int], int]]) -> No
 # --------------------------------------------------------------------------- rule 3
 def _rule3(g: _Graph, groups: _Groups) -> None:
     """Back-to-back repeats of a parameter-free block, each block fed by the previous."""
-    n = len(g.ops)
-    free = [g.eligible[i] and len(groups.members[groups.find(i)]) == 1 for i in range(n)]
+    # free: growable and still alone in its group (a non-root's members list is empty)
+    free = [e and len(m) == 1 for e, m in zip(g.eligible, groups.members, strict=True)]
+    sig = g.sig
     occurrences: dict[int, list[int]] = {}
-    for i in range(n):
-        if free[i]:
-            occurrences.setdefault(g.sig[i], []).append(i)
-    # Blocks lie inside runs of consecutive free ops: [start[i], end[i]) holds op i.
-    start = list(range(n))
-    for i in range(1, n):
-        if free[i] and free[i - 1]:
-            start[i] = start[i - 1]
-    end = [i + 1 for i in range(n)]
-    for i in range(n - 2, -1, -1):
-        if free[i] and free[i + 1]:
-            end[i] = end[i + 1]
-    frontier = 0
-    i = 0
-    while i < n:
-        lo = max(frontier, start[i])
-        best = (_best_repeat(g, free, occurrences, i, lo, end[i])
-                if free[i] and i > lo else None)
-        if best is None:
-            i += 1
-            continue
-        first, period, count = best
-        for t in range(period):
-            root = groups.find(first + t)
-            for k in range(1, count):
-                root = groups.merge(root, groups.find(first + k * period + t))
-        frontier = i = first + count * period
+    rank = [0] * len(free)  # where op i sits in the occurrences of its signature
+    for i, f in enumerate(free):
+        if f:
+            occ = occurrences.setdefault(sig[i], [])
+            rank[i] = len(occ)
+            occ.append(i)
+    # Blocks lie inside runs of consecutive free ops [start, end); a repeat found ends
+    # a block at ``lo``, where the next search starts.
+    for start, end in _runs(free):
+        lo, i = start, start + 1
+        while i < end:
+            k = rank[i]
+            if k == 0 or occurrences[sig[i]][k - 1] < lo:  # no earlier occurrence in reach
+                i += 1
+                continue
+            best = _best_repeat(g, free, occurrences, i, lo, end)
+            if best is None:
+                i += 1
+                continue
+            first, period, count = best
+            for t in range(period):
+                root = groups.find(first + t)
+                for m in range(1, count):
+                    root = groups.merge(root, groups.find(first + m * period + t))
+            lo = first + count * period
+            i = lo + 1
+
+
+def _runs(free: list[bool]) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) of consecutive free ops, two ops long or more."""
+    runs = []
+    start = -1
+    for i, f in enumerate(free):
+        if f:
+            if start < 0:
+                start = i
+        elif start >= 0:
+            if i - start > 1:
+                runs.append((start, i))
+            start = -1
+    if start >= 0 and len(free) - start > 1:
+        runs.append((start, len(free)))
+    return runs
 
 
 def _best_repeat(g: _Graph, free: list[bool], occurrences: dict[int, list[int]], i: int,

@@ -5,6 +5,7 @@ All steps are linear (or near-linear) in the number of ops and run once per trac
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 
 from ..capture.records import INPUT, OUTPUT, OpRecord
@@ -30,23 +31,28 @@ def kept_ops(ops: Sequence[OpRecord], keep_orphans: bool) -> list[OpRecord]:
         return list(ops)
     n = len(ops)
     from_input = [False] * n
+    seen = from_input.__getitem__
     for op in ops:  # ops are in call order, so parents come first
-        if op.kind == INPUT or any(from_input[p] for p in op.parent_idx):
+        if op.kind == INPUT or any(map(seen, op.parent_idx)):
             from_input[op.call_index] = True
     to_output = [False] * n
+    seen = to_output.__getitem__
     for op in reversed(ops):
-        if op.kind == OUTPUT or any(to_output[c] for c in op.child_idx):
+        if op.kind == OUTPUT or any(map(seen, op.child_idx)):
             to_output[op.call_index] = True
-    keep = [a or b for a, b in zip(from_input, to_output, strict=True)]
+    keep = list(map(operator.or_, from_input, to_output))
+    kept_ = keep.__getitem__
     for op in reversed(ops):  # close under parents
-        if keep[op.call_index]:
-            for p in op.parent_idx:
+        parents = op.parent_idx
+        if keep[op.call_index] and not all(map(kept_, parents)):
+            for p in parents:
                 keep[p] = True
     kept = [op for op in ops if keep[op.call_index]]
     if len(kept) < n:
         for op in kept:
-            if op.child_idx:
-                op.child_idx = [c for c in op.child_idx if keep[c]]
+            children = op.child_idx
+            if children and not all(map(kept_, children)):
+                op.child_idx = [c for c in children if keep[c]]
     return kept
 
 
@@ -62,24 +68,27 @@ def assign_labels(ops: Sequence[OpRecord], groups: list[int]) -> list[LayerInfo]
     (inputs, buffers and outputs included), so the first op after one input is ``_1``.
     """
     layers: list[LayerInfo] = []
-    by_first: dict[int, int] = {}
+    by_first: dict[int, LayerInfo] = {}
     type_counts: dict[str, int] = {}
-    for i, op in enumerate(ops):
+    for i, (op, first) in enumerate(zip(ops, groups, strict=True)):
         op.pos = i
-        first = groups[i]
-        at = by_first.get(first)
-        if at is None:
-            n = type_counts.get(op.type, 0) + 1
-            type_counts[op.type] = n
-            at = total = len(layers)
-            short = f"{op.type}_{n}"
-            full = short if op.kind in _SHORT_KINDS else f"{short}_{total}"
-            layers.append(LayerInfo(full, short, op.type, total))
-            by_first[first] = at
-        info = layers[at]
-        info.passes.append(op.call_index)
-        op.layer_idx = at
-        op.pass_num = len(info.passes)
+        info = by_first.get(first)
+        if info is None:
+            type_ = op.type
+            n = type_counts[type_] = type_counts.get(type_, 0) + 1
+            total = len(layers)
+            short = f"{type_}_{n}"
+            info = by_first[first] = LayerInfo(
+                short if op.kind in _SHORT_KINDS else f"{short}_{total}", short, type_, total)
+            layers.append(info)
+            info.passes.append(op.call_index)
+            op.layer_idx = total
+            op.pass_num = 1
+        else:
+            passes = info.passes
+            passes.append(op.call_index)
+            op.layer_idx = info.total_num
+            op.pass_num = len(passes)
     return layers
 
 
