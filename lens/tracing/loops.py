@@ -27,10 +27,11 @@ ops (no all-pairs comparison).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Hashable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
-from itertools import pairwise
-from operator import itemgetter
+from itertools import compress, pairwise
+from operator import and_, attrgetter, itemgetter
 from types import NoneType
 from typing import Any
 
@@ -61,11 +62,11 @@ def find_layers(ops: Sequence[OpRecord], detect_loops: bool = True) -> list[int]
 class _Graph:
     """Positions, neighbours and interned signatures of the kept ops.
 
-    Only growable ops (``eligible``) get a signature: the rules compare signatures of
-    those alone (rule 2 pairs and rule 3 blocks hold growable ops only). Every other op
-    gets a signature of its own (``-1 - position``), equal to no other. Parents and
-    children (as positions) are made on first use: a graph without repeated parameters
-    never reads children.
+    Signatures are compared for growable ops only (rule 2 pairs and rule 3 blocks hold
+    growable ops alone, and a growable op's signature never equals another op's: both
+    hold kind and parameters); other ops are left with their head's id (see
+    :meth:`compute_signatures`). Parents and children (as positions) are made per op on
+    first use: rule 3 reads a few ops' parents, and only rule 2 reads children.
     """
 
     def __init__(self, ops: Sequence[OpRecord]) -> None:
@@ -77,57 +78,41 @@ class _Graph:
             if op.out_index:
                 by_call.setdefault(op.call_id, []).append(i)
         self.siblings = by_call
+        self.parents = _Positions(self, "parent_idx")
+        self.children = _Positions(self, "child_idx")
 
     @cached_property
-    def _pos(self) -> dict[int, int]:
+    def pos(self) -> dict[int, int]:
         return {op.call_index: i for i, op in enumerate(self.ops)}
 
-    @cached_property
-    def parents(self) -> list[list[int]]:
-        return _positions(self._pos, [op.parent_idx for op in self.ops])
-
-    @cached_property
-    def children(self) -> list[list[int]]:
-        return _positions(self._pos, [op.child_idx for op in self.ops])
-
     def compute_signatures(self) -> None:
-        """Intern signatures: ops are first split by what is cheap to read (kind,
-        function, type, output slot, parameters, module path); only classes of two ops
-        or more are split further by their argument templates."""
+        """Intern signatures in two steps. The *head* (kind, function, type, output
+        slot, parameters, module path) is read for every op with C-level calls and
+        interned as the position of its first op; only growable ops whose head is
+        shared are told apart further by their argument templates (ids from ``n``
+        up)."""
         ops = self.ops
-        path_of: dict[int, int] = {}  # id of a module context -> id of its address path
+        n = len(ops)
+        ctx_ids = list(map(id, map(_ctx, ops)))  # the contexts live as long as the ops
+        path_of = dict(zip(ctx_ids, map(_ctx, ops), strict=True))
         paths: dict[tuple[str, ...], int] = {}
-        classes: dict[Hashable, list[int]] = {}
-        for i, (op, eligible) in enumerate(zip(ops, self.eligible, strict=True)):
-            if eligible:
-                ctx = op.module_ctx
-                path = path_of.get(id(ctx))
-                if path is None:
-                    path = path_of[id(ctx)] = paths.setdefault(_addresses(ctx), len(paths))
-                head = (op.kind, op.func_name, op.type, op.out_index, op.params, path)
-                found = classes.get(head)
-                if found is None:
-                    classes[head] = [i]
-                else:
-                    found.append(i)
-        sig = self.sig = [-1 - i for i in range(len(ops))]
-        key_of = _Keys().of
-        n = 0
-        for members in classes.values():
-            if len(members) == 1:
-                sig[members[0]] = n
-                n += 1
-                continue
-            table: dict[Hashable, int] = {}
-            for i in members:
-                op = ops[i]
-                kwargs = op.kwargs
-                key = (key_of(op.args), key_of(kwargs) if kwargs else ())
-                s = table.get(key)
-                if s is None:
-                    s = table[key] = n
-                    n += 1
-                sig[i] = s
+        for k, ctx in path_of.items():  # one per distinct module context
+            path_of[k] = paths.setdefault(_addresses(ctx), len(paths))
+        heads = zip(map(_head, ops), map(path_of.__getitem__, ctx_ids), strict=True)
+        first: dict[Hashable, int] = {}
+        sig = self.sig = list(map(first.setdefault, heads, range(n)))
+        if len(first) == n:
+            return
+        shared = Counter(sig)
+        keys = _Keys()
+        args_key, kwargs_key = keys.args, keys.kwargs
+        table: dict[Hashable, int] = {}
+        refine = map(_one.__lt__, map(shared.__getitem__, sig))  # head shared
+        for i in compress(range(n), map(and_, self.eligible, refine)):
+            op = ops[i]
+            kwargs = op.kwargs
+            key = (sig[i], args_key(op.args), kwargs_key(kwargs) if kwargs else ())
+            sig[i] = table.setdefault(key, n + len(table))
 
     def corresponding(self, a: int, b: int) -> list[tuple[int, int]]:
         """Pairs (x, y): a neighbour x of op ``a`` and the neighbour y of op ``b`` in the
@@ -164,18 +149,30 @@ class _Graph:
 
 
 _GROWABLE = frozenset({OP, IDENTITY})
+_head = attrgetter("kind", "func_name", "type", "out_index", "params")
+_ctx = attrgetter("module_ctx")
+_params = attrgetter("params")
+_one = 1
 
 
-def _positions(pos: dict[int, int], idx: list[Any]) -> list[list[int]]:
-    """Call indices -> positions among the kept ops (indices of ops not kept dropped)."""
-    get = pos.__getitem__
-    out: list[list[int]] = []
-    for cs in idx:
+class _Positions(dict[int, list[int]]):
+    """Parents or children of each op as positions among the kept ops (call indices of
+    ops not kept dropped), made on first use."""
+
+    def __init__(self, g: _Graph, attr: str) -> None:
+        super().__init__()
+        self.g = g
+        self.attr = attr
+
+    def __missing__(self, i: int) -> list[int]:
+        pos = self.g.pos
+        idx = getattr(self.g.ops[i], self.attr)
         try:
-            out.append(list(map(get, cs)))
+            out = list(map(pos.__getitem__, idx))
         except KeyError:
-            out.append([pos[c] for c in cs if c in pos])
-    return out
+            out = [pos[c] for c in idx if c in pos]
+        self[i] = out
+        return out
 
 
 def _addresses(ctx: tuple[ModuleCallRecord, ...]) -> tuple[str, ...]:
@@ -208,72 +205,59 @@ def _norm(v: Any) -> Hashable:
 
 class _Keys:
     """Keys of argument templates, as fine as :func:`_norm` (equal keys only for equal
-    normalised values) and cheaper: how to key a sequence is decided once per tuple of
-    item types (a *plan*), then applied with C-level calls.
+    normalised arguments) and cheaper where the arguments are flat.
 
-    A sequence is keyed as ``(type, item types, items)``: flat items (scalars, None,
-    ParamRef) as they are, a Ref left out (its type says it was one), others keyed in
-    turn. A dict with string keys is keyed by its sorted keys and the key of its values
-    in that order (``_norm`` sorts the items too). Anything else is ``_norm``'s; no key
-    of one form equals one of another.
+    Positional arguments are keyed as ``(item types, items)``; how to take the items is
+    decided once per tuple of item types (a *plan*): flat items (scalars, None,
+    ParamRef) as they are and a Ref left out (its type says it was one), by a C-level
+    callable; anything nested by ``_norm``. Keyword arguments (string keys) are keyed by
+    their sorted names and the key of their values in that order (``_norm`` sorts them
+    too). Anything else is ``_norm``'s; keys of one form never equal keys of another.
     """
 
     def __init__(self) -> None:
-        self.plans: dict[tuple[type, ...], Any] = {}
-        self.dict_plans: dict[tuple[Any, ...], Any] = {}
+        self.plans: dict[tuple[type, ...], Callable[[Any], Any]] = {}
+        self.names: dict[tuple[Any, ...], tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
 
-    def of(self, v: Any) -> Hashable:
-        t = type(v)
-        if t is tuple or t is list or (t is not dict and isinstance(v, tuple)):
-            types = tuple(map(type, v))
-            plan = self.plans.get(types)
-            if plan is None:
-                plan = self.plans[types] = _plan(types)
-            if plan is _AS_IS:
-                return (t, types, tuple(v))
-            if plan is _DEEP:
-                of = self.of
-                return (t, types, tuple([None if u is Ref else x if u in _FLAT else of(x)
-                                         for u, x in zip(types, v, strict=True)]))
-            return (t, types, plan(v))  # an itemgetter of the items that are no Ref
-        if t is dict:
-            keys = tuple(v)
-            getter = self.dict_plans.get(keys)
-            if getter is None:
-                getter = self.dict_plans[keys] = _dict_plan(keys)
-            if getter is not _DEEP:
-                names, values = getter
-                return (dict, names, self.of(values(v)))
-        return _norm(v)
+    def args(self, v: Any) -> Hashable:
+        if type(v) is not tuple:
+            return _norm(v)
+        types = tuple(map(type, v))
+        plan = self.plans.get(types)
+        if plan is None:
+            plan = self.plans[types] = _plan(types)
+        return (types, plan(v))
+
+    def kwargs(self, v: Any) -> Hashable:
+        if type(v) is not dict:
+            return _norm(v)
+        keys = tuple(v)
+        found = self.names.get(keys)
+        if found is None:
+            if not all(type(k) is str for k in keys):
+                return _norm(v)
+            names = tuple(sorted(keys))
+            # itemgetter of one name gives the bare value: ask for it twice
+            found = self.names[keys] = (names, itemgetter(*names, *names[:len(names) == 1]))
+        names, values = found
+        return (names, self.args(values(v)))
 
 
 # Values a key holds as they are, beside their type.
 _FLAT = frozenset({Ref, ParamRef, bool, int, float, str, NoneType})
-_AS_IS, _DEEP = object(), object()
 
 
-def _plan(types: tuple[type, ...]) -> Any:
-    """How to key a sequence with these item types (see :class:`_Keys`)."""
+def _plan(types: tuple[type, ...]) -> Callable[[Any], Any]:
+    """The items part of the key of a tuple with these item types, as a function of the
+    tuple (one kind of value for one ``types``)."""
     if not all(u in _FLAT for u in types):
-        return _DEEP
+        return _norm  # nested: as _norm says
     kept = [i for i, u in enumerate(types) if u is not Ref]
     if len(kept) == len(types):
-        return _AS_IS
-    getter = itemgetter(*kept) if kept else None
-    # itemgetter of one index gives the item, of none: nothing; keep a tuple
-    return ((lambda v: ()) if getter is None else
-            (lambda v: (getter(v),)) if len(kept) == 1 else getter)
-
-
-def _dict_plan(keys: tuple[Any, ...]) -> Any:
-    """Sorted keys and how to read the values in that order (``_DEEP``: not all str)."""
-    if not all(type(k) is str for k in keys):
-        return _DEEP
-    names = tuple(sorted(keys))
-    if len(names) == 1:
-        name = names[0]
-        return names, lambda v: (v[name],)
-    return names, itemgetter(*names)
+        return tuple  # the items as they are
+    if kept:
+        return itemgetter(*kept)  # all but the Refs (one index: the item itself)
+    return len  # Refs only: the types say it all
 
 
 # --------------------------------------------------------------------------- groups
@@ -288,10 +272,10 @@ class _Groups:
 
     def __init__(self, n: int) -> None:
         self.up = list(range(n))
-        self.first = list(range(n))
-        self.members: list[list[int]] = [[i] for i in range(n)]
-        self.anchor = [-1] * n
-        self.iters: list[set[int] | None] = [None] * n
+        # members of each root of a group of two or more (an op alone has no entry)
+        self.members: dict[int, list[int]] = {}
+        self.anchor: dict[int, int] = {}
+        self.iters: dict[int, set[int]] = {}
         self.seeds: list[list[int]] = []
 
     def find(self, i: int) -> int:
@@ -303,42 +287,47 @@ class _Groups:
             up[i], i = root, up[i]
         return root
 
+    def size(self, root: int) -> int:
+        found = self.members.get(root)
+        return 1 if found is None else len(found)
+
     def firsts(self) -> list[int]:
         """For each position, the first position of its group."""
         out = list(range(len(self.up)))
-        for members in self.members:
-            if len(members) > 1:
-                first = min(members)
-                for m in members:
-                    out[m] = first
+        for members in self.members.values():
+            first = min(members)
+            for m in members:
+                out[m] = first
         return out
 
     def merge(self, ra: int, rb: int) -> int:
         """Unconditional union of two roots; returns the new root."""
-        if len(self.members[ra]) < len(self.members[rb]):
+        members = self.members
+        if self.size(ra) < self.size(rb):
             ra, rb = rb, ra
         self.up[rb] = ra
-        self.members[ra].extend(self.members[rb])
-        self.members[rb] = []
-        self.first[ra] = min(self.first[ra], self.first[rb])
+        into = members.get(ra)
+        if into is None:
+            into = members[ra] = [ra]
+        into.extend(members.pop(rb, (rb,)))
         return ra
 
     def _iters(self, root: int, seed: int) -> set[int] | None:
         """Iterations of a root's members w.r.t. a seed; None if two collide."""
-        if self.anchor[root] == seed and self.iters[root] is not None:
+        if self.anchor.get(root) == seed and root in self.iters:
             return self.iters[root]
         s = self.seeds[seed]
-        found = {bisect_right(s, x) for x in self.members[root]}
-        return found if len(found) == len(self.members[root]) else None
+        members = self.members.get(root) or (root,)
+        found = {bisect_right(s, x) for x in members}
+        return found if len(found) == len(members) else None
 
     def union(self, a: int, b: int, seed: int) -> bool:
         """Join the groups of ``a`` and ``b`` unless two passes would share an iteration."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return False
-        big, small = (ra, rb) if len(self.members[ra]) >= len(self.members[rb]) else (rb, ra)
-        anchor = self.anchor[big] if self.anchor[big] >= 0 else (
-            self.anchor[small] if self.anchor[small] >= 0 else seed)
+        big, small = (ra, rb) if self.size(ra) >= self.size(rb) else (rb, ra)
+        anchor = self.anchor.get(big, self.anchor.get(small, seed))
         ib, is_ = self._iters(big, anchor), self._iters(small, anchor)
         if ib is None or is_ is None or not ib.isdisjoint(is_):
             return False
@@ -353,8 +342,9 @@ class _Groups:
 def _rule1(ops: Sequence[OpRecord], groups: _Groups) -> list[tuple[list[int], int]]:
     """Same parameters applied several times: passes. Returns (positions, seed id)."""
     by_key: dict[Hashable, list[int]] = {}
-    for i, op in enumerate(ops):
-        if op.params and op.kind == OP:
+    for i in compress(range(len(ops)), map(_params, ops)):  # ops with parameters
+        op = ops[i]
+        if op.kind == OP:
             by_key.setdefault((op.func_name, op.type, op.params, op.out_index), []).append(i)
     seeds = []
     for positions in by_key.values():
@@ -383,28 +373,40 @@ def _rule2(g: _Graph, groups: _Groups, seeds: list[tuple[list[int], int]]) -> No
 # --------------------------------------------------------------------------- rule 3
 def _rule3(g: _Graph, groups: _Groups) -> None:
     """Back-to-back repeats of a parameter-free block, each block fed by the previous."""
-    # free: growable and still alone in its group (a non-root's members list is empty)
-    free = [e and len(m) == 1 for e, m in zip(g.eligible, groups.members, strict=True)]
+    # free: growable and still alone in its group
+    free = g.eligible
+    if groups.members:  # ops already in a group are not free
+        free = list(free)
+        for members in groups.members.values():
+            for m in members:
+                free[m] = False
     sig = g.sig
-    occurrences: dict[int, list[int]] = {}
-    rank = [0] * len(free)  # where op i sits in the occurrences of its signature
-    for i, f in enumerate(free):
-        if f:
-            occ = occurrences.setdefault(sig[i], [])
-            rank[i] = len(occ)
-            occ.append(i)
-    # Blocks lie inside runs of consecutive free ops [start, end); a repeat found ends
-    # a block at ``lo``, where the next search starts.
+    # Blocks lie inside runs of consecutive free ops [start, end): a run whose ops all
+    # differ holds none. A repeat found ends its last block at ``lo``, where the search
+    # goes on; an op can start a second block only if its signature occurred before.
     for start, end in _runs(free):
-        lo, i = start, start + 1
-        while i < end:
-            k = rank[i]
-            if k == 0 or occurrences[sig[i]][k - 1] < lo:  # no earlier occurrence in reach
-                i += 1
+        run = sig[start:end]
+        if len(set(run)) == len(run):
+            continue
+        occurrences: dict[int, list[int]] = {}  # positions in the run, by signature
+        again = []  # ops whose signature occurred earlier in the run
+        for i, s in enumerate(run, start):
+            occ = occurrences.get(s)
+            if occ is None:
+                occurrences[s] = [i]
+            else:
+                occ.append(i)
+                again.append(i)
+        lo = start
+        for i in again:
+            if i <= lo:
                 continue
-            best = _best_repeat(g, free, occurrences, i, lo, end)
+            occ = occurrences[sig[i]]
+            k = bisect_right(occ, i - 1)
+            if occ[k - 1] < lo:  # the nearest earlier occurrence is out of reach
+                continue
+            best = _best_repeat(g, free, occ, k, lo, end)
             if best is None:
-                i += 1
                 continue
             first, period, count = best
             for t in range(period):
@@ -412,7 +414,6 @@ def _rule3(g: _Graph, groups: _Groups) -> None:
                 for m in range(1, count):
                     root = groups.merge(root, groups.find(first + m * period + t))
             lo = first + count * period
-            i = lo + 1
 
 
 def _runs(free: list[bool]) -> list[tuple[int, int]]:
@@ -432,14 +433,14 @@ def _runs(free: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def _best_repeat(g: _Graph, free: list[bool], occurrences: dict[int, list[int]], i: int,
-                 lo: int, hi: int) -> tuple[int, int, int] | None:
-    """The longest repeat whose second block starts at ``i``: (start, period, blocks).
+def _best_repeat(g: _Graph, free: list[bool], occ: list[int], k: int, lo: int, hi: int
+                 ) -> tuple[int, int, int] | None:
+    """The longest repeat whose second block starts at ``i = occ[k]``: (start, period,
+    blocks). ``occ`` holds the positions of the signature of ``i`` in its run.
 
     The first block may start no earlier than ``lo``; both blocks end by ``hi``.
     """
-    occ = occurrences[g.sig[i]]
-    k = bisect_right(occ, i - 1)
+    i = occ[k]
     for j in reversed(occ[max(0, k - MAX_TRIES):k]):
         period = i - j
         if j < lo or period > MAX_PERIOD:
@@ -465,6 +466,9 @@ def _best_repeat(g: _Graph, free: list[bool], occurrences: dict[int, list[int]],
 
 def _count_blocks(g: _Graph, free: list[bool], start: int, period: int) -> int:
     """How many consecutive blocks of ``period`` ops from ``start`` repeat the first."""
+    sig = g.sig
+    if sig[start:start + period] != sig[start + period:start + 2 * period]:
+        return 1  # the second block differs: no need to follow parents
     count = 1
     n = len(free)
     while start + (count + 1) * period <= n and _block_follows(
