@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from functools import cached_property
 from itertools import compress, pairwise
-from operator import and_, attrgetter, itemgetter
+from operator import and_, attrgetter, itemgetter, not_
 from types import NoneType
 from typing import Any
 
@@ -72,18 +72,18 @@ class _Graph:
     def __init__(self, ops: Sequence[OpRecord]) -> None:
         self.ops = ops
         self.sig: list[int] = []
-        self.eligible = [op.kind in _GROWABLE and not op.params for op in ops]
+        self.eligible = list(map(and_, map(_GROWABLE.__contains__, map(_kind, ops)),
+                                 map(not_, map(_params, ops))))
         by_call: dict[int, list[int]] = {}
-        for i, op in enumerate(ops):
-            if op.out_index:
-                by_call.setdefault(op.call_id, []).append(i)
+        for i in compress(range(len(ops)), map(_out_index, ops)):  # multi-output calls
+            by_call.setdefault(ops[i].call_id, []).append(i)
         self.siblings = by_call
         self.parents = _Positions(self, "parent_idx")
         self.children = _Positions(self, "child_idx")
 
     @cached_property
     def pos(self) -> dict[int, int]:
-        return {op.call_index: i for i, op in enumerate(self.ops)}
+        return dict(zip(map(_call_index, self.ops), range(len(self.ops)), strict=True))
 
     def compute_signatures(self) -> None:
         """Intern signatures in two steps. The *head* (kind, function, type, output
@@ -152,6 +152,9 @@ _GROWABLE = frozenset({OP, IDENTITY})
 _head = attrgetter("kind", "func_name", "type", "out_index", "params")
 _ctx = attrgetter("module_ctx")
 _params = attrgetter("params")
+_kind = attrgetter("kind")
+_out_index = attrgetter("out_index")
+_call_index = attrgetter("call_index")
 _one = 1
 
 

@@ -5,7 +5,6 @@ All steps are linear (or near-linear) in the number of ops and run once per trac
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 
 from ..capture.records import INPUT, OUTPUT, OpRecord
@@ -35,16 +34,18 @@ def kept_ops(ops: Sequence[OpRecord], keep_orphans: bool) -> list[OpRecord]:
     for op in ops:  # ops are in call order, so parents come first
         if op.kind == INPUT or any(map(seen, op.parent_idx)):
             from_input[op.call_index] = True
+    # Backwards: feeding an output, and what is kept closed under parents.
     to_output = [False] * n
-    seen = to_output.__getitem__
-    for op in reversed(ops):
-        if op.kind == OUTPUT or any(map(seen, op.child_idx)):
-            to_output[op.call_index] = True
-    keep = list(map(operator.or_, from_input, to_output))
+    feeds = to_output.__getitem__
+    keep = from_input
     kept_ = keep.__getitem__
-    for op in reversed(ops):  # close under parents
+    for op in reversed(ops):
+        if op.kind == OUTPUT or any(map(feeds, op.child_idx)):
+            to_output[op.call_index] = keep[op.call_index] = True
+        elif not keep[op.call_index]:
+            continue
         parents = op.parent_idx
-        if keep[op.call_index] and not all(map(kept_, parents)):
+        if not all(map(kept_, parents)):
             for p in parents:
                 keep[p] = True
     kept = [op for op in ops if keep[op.call_index]]
