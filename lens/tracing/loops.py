@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import cached_property
 from itertools import compress, pairwise
 from operator import and_, attrgetter, itemgetter, not_
@@ -53,6 +53,9 @@ def find_layers(ops: Sequence[OpRecord], detect_loops: bool = True) -> list[int]
     if detect_loops:
         g = _Graph(ops)
         g.compute_signatures()
+        if seeds:  # rule 2 compares neighbours anywhere: read them all at once
+            g.refine_run(0, len(ops))
+            g.read_all_neighbours()
         _rule2(g, groups, seeds)
         _rule3(g, groups)
     return groups.firsts()
@@ -78,21 +81,26 @@ class _Graph:
         for i in compress(range(len(ops)), map(_out_index, ops)):  # multi-output calls
             by_call.setdefault(ops[i].call_id, []).append(i)
         self.siblings = by_call
-        self.parents = _Positions(self, "parent_idx")
-        self.children = _Positions(self, "child_idx")
+        self.parents: _Positions | list[list[int]] = _Positions(self, "parent_idx")
+        self.children: _Positions | list[list[int]] = _Positions(self, "child_idx")
+
+    def read_all_neighbours(self) -> None:
+        """Parents and children of every op as lists, read at once."""
+        if isinstance(self.parents, _Positions):
+            self.parents = self.parents.all()
+        if isinstance(self.children, _Positions):
+            self.children = self.children.all()
 
     @cached_property
     def pos(self) -> dict[int, int]:
         return dict(zip(map(_call_index, self.ops), range(len(self.ops)), strict=True))
 
     def compute_signatures(self) -> None:
-        """Intern signatures in two steps. The *head* (kind, function, type, output
-        slot, parameters, module path) is read for every op with C-level calls and
-        interned as the position of its first op; only growable ops whose head is
-        shared are told apart further by their argument templates (ids from ``n``
-        up)."""
+        """Intern the *head* of every op's signature (kind, function, type, output slot,
+        parameters, module path), read with C-level calls, as the position of its first
+        op. Ops of one head are told apart by their argument templates only where a rule
+        compares them (:meth:`refine`)."""
         ops = self.ops
-        n = len(ops)
         ctx_ids = list(map(id, map(_ctx, ops)))  # the contexts live as long as the ops
         path_of = dict(zip(ctx_ids, map(_ctx, ops), strict=True))
         paths: dict[tuple[str, ...], int] = {}
@@ -100,19 +108,37 @@ class _Graph:
             path_of[k] = paths.setdefault(_addresses(ctx), len(paths))
         heads = zip(map(_head, ops), map(path_of.__getitem__, ctx_ids), strict=True)
         first: dict[Hashable, int] = {}
-        sig = self.sig = list(map(first.setdefault, heads, range(n)))
-        if len(first) == n:
-            return
-        shared = Counter(sig)
-        keys = _Keys()
-        args_key, kwargs_key = keys.args, keys.kwargs
-        table: dict[Hashable, int] = {}
-        refine = map(_one.__lt__, map(shared.__getitem__, sig))  # head shared
-        for i in compress(range(n), map(and_, self.eligible, refine)):
+        self.sig = list(map(first.setdefault, heads, range(len(ops))))
+        self.unique = len(first) == len(ops)
+        self._refined = [False] * len(ops)
+        self._table: dict[Hashable, int] = {}
+        self._keys = _Keys()
+
+    def refine(self, positions: Iterable[int]) -> None:
+        """Complete the signatures of these ops (growable ones; ids from ``n`` up): two
+        refined ops then have equal signatures exactly when their whole signatures are
+        equal, and a refined op's never equals an unrefined op's."""
+        ops, sig, done, eligible = self.ops, self.sig, self._refined, self.eligible
+        table, n = self._table, len(ops)
+        args_key, kwargs_key = self._keys.args, self._keys.kwargs
+        for i in positions:
+            if done[i] or not eligible[i]:
+                continue
+            done[i] = True
             op = ops[i]
             kwargs = op.kwargs
             key = (sig[i], args_key(op.args), kwargs_key(kwargs) if kwargs else ())
             sig[i] = table.setdefault(key, n + len(table))
+
+    def refine_run(self, start: int, end: int) -> list[int]:
+        """:meth:`refine` the ops in [start, end) whose head another of them has; their
+        signatures."""
+        run = self.sig[start:end]
+        if self.unique or len(set(run)) == len(run):
+            return run
+        counts = Counter(run)
+        self.refine([i for i, h in enumerate(run, start) if counts[h] > 1])
+        return self.sig[start:end]
 
     def corresponding(self, a: int, b: int) -> list[tuple[int, int]]:
         """Pairs (x, y): a neighbour x of op ``a`` and the neighbour y of op ``b`` in the
@@ -155,7 +181,6 @@ _params = attrgetter("params")
 _kind = attrgetter("kind")
 _out_index = attrgetter("out_index")
 _call_index = attrgetter("call_index")
-_one = 1
 
 
 class _Positions(dict[int, list[int]]):
@@ -166,6 +191,18 @@ class _Positions(dict[int, list[int]]):
         super().__init__()
         self.g = g
         self.attr = attr
+
+    def all(self) -> list[list[int]]:
+        """Every op's, as a list (cheaper to index once every op is read)."""
+        pos = self.g.pos
+        get = pos.__getitem__
+        out: list[list[int]] = []
+        for idx in map(attrgetter(self.attr), self.g.ops):
+            try:
+                out.append(list(map(get, idx)))
+            except KeyError:
+                out.append([pos[c] for c in idx if c in pos])
+        return out
 
     def __missing__(self, i: int) -> list[int]:
         pos = self.g.pos
@@ -290,10 +327,6 @@ class _Groups:
             up[i], i = root, up[i]
         return root
 
-    def size(self, root: int) -> int:
-        found = self.members.get(root)
-        return 1 if found is None else len(found)
-
     def firsts(self) -> list[int]:
         """For each position, the first position of its group."""
         out = list(range(len(self.up)))
@@ -306,7 +339,8 @@ class _Groups:
     def merge(self, ra: int, rb: int) -> int:
         """Unconditional union of two roots; returns the new root."""
         members = self.members
-        if self.size(ra) < self.size(rb):
+        ma, mb = members.get(ra), members.get(rb)
+        if (len(ma) if ma else 1) < (len(mb) if mb else 1):
             ra, rb = rb, ra
         self.up[rb] = ra
         into = members.get(ra)
@@ -329,7 +363,8 @@ class _Groups:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return False
-        big, small = (ra, rb) if self.size(ra) >= self.size(rb) else (rb, ra)
+        ma, mb = self.members.get(ra), self.members.get(rb)
+        big, small = (ra, rb) if (len(ma) if ma else 1) >= (len(mb) if mb else 1) else (rb, ra)
         anchor = self.anchor.get(big, self.anchor.get(small, seed))
         ib, is_ = self._iters(big, anchor), self._iters(small, anchor)
         if ib is None or is_ is None or not ib.isdisjoint(is_):
@@ -388,7 +423,7 @@ def _rule3(g: _Graph, groups: _Groups) -> None:
     # differ holds none. A repeat found ends its last block at ``lo``, where the search
     # goes on; an op can start a second block only if its signature occurred before.
     for start, end in _runs(free):
-        run = sig[start:end]
+        run = g.refine_run(start, end)  # rule 3 compares ops of one run only
         if len(set(run)) == len(run):
             continue
         occurrences: dict[int, list[int]] = {}  # positions in the run, by signature
