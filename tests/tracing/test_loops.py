@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import lens as tl
-from lens.tracing.loops import find_layers
+from lens.capture.records import ParamRef, Ref
+from lens.tracing import loops
+from lens.tracing.loops import _Keys, _norm, find_layers
 from tests.helpers import build
 from tests.models import ZooCase, cases, get
 
@@ -300,3 +305,53 @@ def test_each_output_of_a_multi_output_op_is_its_own_looped_layer() -> None:
         assert a.call_id == b.call_id and a.out_index != b.out_index
     assert _multi(tr) == {"linear_1_1": 3, chunks[0].label: 3, chunks[1].label: 3,
                           "cat_1_4": 3}
+
+
+# --------------------------------------------------------------------------- signature keys
+def test_argument_keys_tell_templates_apart_exactly_as_norm() -> None:
+    """The keys signatures use (plans per tuple of item types, C-level where flat) equal
+    each other exactly when ``_norm``'s do: on ints/floats/bools of equal value, -0.0,
+    NaNs, Refs to different ops, ParamRefs, nested sequences, sizes, slices, dtypes,
+    keyword arguments in either order and non-string keys."""
+    nan = float("nan")
+    args: list[Any] = [
+        (), (Ref(1),), (Ref(2),), (Ref(1), Ref(2)), (Ref(1), 2), (Ref(5), 2), (Ref(1), 2.0),
+        (Ref(1), True), (Ref(1), 1), (Ref(1), -0.0), (Ref(1), 0.0), (Ref(1), nan),
+        (Ref(2), nan), (Ref(1), float("nan")), (Ref(1), None), (Ref(1), "2"),
+        (ParamRef("w"), Ref(1)), (ParamRef("v"), Ref(1)), (2, Ref(1)), (Ref(1), 2, 3),
+        (Ref(1), torch.Size([2, 3])), (Ref(1), torch.Size([2, 4])), (Ref(1), (2, 3)),
+        (Ref(1), [2, 3]), (Ref(1), (2.0, 3)), ([Ref(1), Ref(2)],), ([Ref(3), Ref(4)],),
+        ([Ref(3)],), ((Ref(1), 0),), ((Ref(2), 0),), (Ref(1), slice(0, 2)),
+        (Ref(1), slice(0, 2.0)), (Ref(1), torch.float32), (Ref(1), torch.float16),
+        (Ref(1), {"a": 1}), (Ref(1), ((1, 2), 3)), (Ref(1), ((1.0, 2), 3)), [Ref(1), 2],
+    ]
+    kwargs: list[Any] = [
+        {"dim": 1}, {"dim": 1.0}, {"dim": True}, {"a": 1, "b": 2}, {"b": 2, "a": 1},
+        {"a": 1, "b": 2.0}, {"weight": ParamRef("w")}, {"x": Ref(1)}, {"x": Ref(2)},
+        {"s": (1, 2)}, {"s": (1.0, 2)}, {"s": [Ref(1)]}, {1: 2}, {"1": 2}, {"p": nan},
+        {"p": float("nan")}, {"m": None, "n": "x"},
+    ]
+    keys = _Keys()
+    for make, pool in ((keys.args, args), (keys.kwargs, kwargs)):
+        made = [make(v) for v in pool]
+        for (a, ka), (b, kb) in itertools.product(zip(pool, made, strict=True), repeat=2):
+            hash(ka)
+            assert (ka == kb) == (_norm(a) == _norm(b)), (a, b)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c.name)
+def test_signatures_completed_only_where_compared_give_the_same_layers(
+        case: ZooCase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argument templates are keyed only for ops a rule compares (rule 3: ops of one run
+    sharing a head); completing every signature up front must give the same layers."""
+    model, args, kwargs = build(case)
+    kept = list(tl.trace(model, *args, input_kwargs=kwargs).kept)
+    lazy = find_layers(kept)
+    complete = loops._Graph.compute_signatures
+
+    def compute_all(g: loops._Graph) -> None:
+        complete(g)
+        g.refine(range(len(g.ops)))  # every growable op, shared head or not
+
+    monkeypatch.setattr(loops._Graph, "compute_signatures", compute_all)
+    assert find_layers(kept) == lazy
