@@ -29,7 +29,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from functools import cached_property
 from itertools import compress, pairwise
 from operator import and_, attrgetter, itemgetter, not_
 from types import NoneType
@@ -81,8 +80,11 @@ class _Graph:
         for i in compress(range(len(ops)), map(_out_index, ops)):  # multi-output calls
             by_call.setdefault(ops[i].call_id, []).append(i)
         self.siblings = by_call
-        self.parents: _Positions | list[list[int]] = _Positions(self, "parent_idx")
-        self.children: _Positions | list[list[int]] = _Positions(self, "child_idx")
+        # no reference back to the graph: a cycle would keep the records (and payloads)
+        # alive past their trace while the collector is paused
+        pos = dict(zip(map(_call_index, ops), range(len(ops)), strict=True))
+        self.parents: _Positions | list[list[int]] = _Positions(ops, pos, "parent_idx")
+        self.children: _Positions | list[list[int]] = _Positions(ops, pos, "child_idx")
 
     def read_all_neighbours(self) -> None:
         """Parents and children of every op as lists, read at once."""
@@ -91,18 +93,15 @@ class _Graph:
         if isinstance(self.children, _Positions):
             self.children = self.children.all()
 
-    @cached_property
-    def pos(self) -> dict[int, int]:
-        return dict(zip(map(_call_index, self.ops), range(len(self.ops)), strict=True))
-
     def compute_signatures(self) -> None:
         """Intern the *head* of every op's signature (kind, function, type, output slot,
         parameters, module path), read with C-level calls, as the position of its first
         op. Ops of one head are told apart by their argument templates only where a rule
         compares them (:meth:`refine`)."""
         ops = self.ops
-        ctx_ids = list(map(id, map(_ctx, ops)))  # the contexts live as long as the ops
-        path_of = dict(zip(ctx_ids, map(_ctx, ops), strict=True))
+        ctxs = list(map(_ctx, ops))  # held, so that their ids stay distinct
+        ctx_ids = list(map(id, ctxs))
+        path_of = dict(zip(ctx_ids, ctxs, strict=True))
         paths: dict[tuple[str, ...], int] = {}
         for k, ctx in path_of.items():  # one per distinct module context
             path_of[k] = paths.setdefault(_addresses(ctx), len(paths))
@@ -187,32 +186,26 @@ class _Positions(dict[int, list[int]]):
     """Parents or children of each op as positions among the kept ops (call indices of
     ops not kept dropped), made on first use."""
 
-    def __init__(self, g: _Graph, attr: str) -> None:
+    def __init__(self, ops: Sequence[OpRecord], pos: dict[int, int], attr: str) -> None:
         super().__init__()
-        self.g = g
+        self.ops = ops
+        self.pos = pos
         self.attr = attr
 
     def all(self) -> list[list[int]]:
         """Every op's, as a list (cheaper to index once every op is read)."""
-        pos = self.g.pos
-        get = pos.__getitem__
-        out: list[list[int]] = []
-        for idx in map(attrgetter(self.attr), self.g.ops):
-            try:
-                out.append(list(map(get, idx)))
-            except KeyError:
-                out.append([pos[c] for c in idx if c in pos])
-        return out
+        return [self._read(idx) for idx in map(attrgetter(self.attr), self.ops)]
 
     def __missing__(self, i: int) -> list[int]:
-        pos = self.g.pos
-        idx = getattr(self.g.ops[i], self.attr)
-        try:
-            out = list(map(pos.__getitem__, idx))
-        except KeyError:
-            out = [pos[c] for c in idx if c in pos]
-        self[i] = out
+        out = self[i] = self._read(getattr(self.ops[i], self.attr))
         return out
+
+    def _read(self, idx: Sequence[int]) -> list[int]:
+        pos = self.pos
+        try:
+            return list(map(pos.__getitem__, idx))
+        except KeyError:
+            return [pos[c] for c in idx if c in pos]
 
 
 def _addresses(ctx: tuple[ModuleCallRecord, ...]) -> tuple[str, ...]:
