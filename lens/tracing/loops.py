@@ -27,7 +27,6 @@ ops (no all-pairs comparison).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from itertools import compress, pairwise
 from operator import and_, attrgetter, itemgetter, not_
@@ -135,8 +134,11 @@ class _Graph:
         run = self.sig[start:end]
         if self.unique or len(set(run)) == len(run):
             return run
-        counts = Counter(run)
-        self.refine([i for i, h in enumerate(run, start) if counts[h] > 1])
+        seen: set[int] = set()
+        again: set[int] = set()  # heads met twice or more
+        for h in run:
+            (again if h in seen else seen).add(h)
+        self.refine([i for i, h in enumerate(run, start) if h in again])
         return self.sig[start:end]
 
     def corresponding(self, a: int, b: int) -> list[tuple[int, int]]:
