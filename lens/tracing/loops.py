@@ -27,21 +27,19 @@ ops (no all-pairs comparison).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from itertools import compress, pairwise
-from operator import and_, attrgetter, itemgetter, not_
-from types import NoneType
-from typing import Any
+from operator import and_, attrgetter, not_
 
-from ..capture.records import IDENTITY, OP, ModuleCallRecord, OpRecord, ParamRef, Ref
+from ..capture.records import IDENTITY, OP, ModuleCallRecord, OpRecord
+from .argkeys import _Keys
+from .loopgroups import _Groups
 
 # Rule 3: how far back to look for the previous block, and how many earlier occurrences
 # of a signature to try as its start.
 MAX_PERIOD = 1024
 MAX_TRIES = 8
 
-_TENSOR = ("T",)
-_SCALARS = frozenset({bool, int, float, str})
 
 
 def find_layers(ops: Sequence[OpRecord], detect_loops: bool = True) -> list[int]:
@@ -212,163 +210,6 @@ class _Positions(dict[int, list[int]]):
 
 def _addresses(ctx: tuple[ModuleCallRecord, ...]) -> tuple[str, ...]:
     return tuple([c.address for c in ctx])
-
-
-def _norm(v: Any) -> Hashable:
-    """A hashable, value-based stand-in for a non-tensor argument template."""
-    t = type(v)
-    if t is Ref:
-        return _TENSOR
-    if t in _SCALARS or v is None:
-        return (t, v)  # the type too: ``x * 2`` and ``x * 2.0`` are different ops
-    if t is ParamRef:
-        return v  # type: ignore[no-any-return]
-    if t is tuple or t is list:
-        return (t, *[_TENSOR if type(x) is Ref else _norm(x) for x in v])
-    if t is dict:
-        return ("dict", *[(k, _norm(x)) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))])
-    if t is slice:
-        return ("slice", _norm(v.start), _norm(v.stop), _norm(v.step))
-    if isinstance(v, tuple):  # torch.Size, named tuples
-        return (t, *[_norm(x) for x in v])
-    try:
-        hash(v)
-    except TypeError:
-        return ("repr", t, repr(v))
-    return (t, v)
-
-
-class _Keys:
-    """Keys of argument templates, as fine as :func:`_norm` (equal keys only for equal
-    normalised arguments) and cheaper where the arguments are flat.
-
-    Positional arguments are keyed as ``(item types, items)``; how to take the items is
-    decided once per tuple of item types (a *plan*): flat items (scalars, None,
-    ParamRef) as they are and a Ref left out (its type says it was one), by a C-level
-    callable; anything nested by ``_norm``. Keyword arguments (string keys) are keyed by
-    their sorted names and the key of their values in that order (``_norm`` sorts them
-    too). Anything else is ``_norm``'s; keys of one form never equal keys of another.
-    """
-
-    def __init__(self) -> None:
-        self.plans: dict[tuple[type, ...], Callable[[Any], Any]] = {}
-        self.names: dict[tuple[Any, ...], tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
-
-    def args(self, v: Any) -> Hashable:
-        if type(v) is not tuple:
-            return _norm(v)
-        types = tuple(map(type, v))
-        plan = self.plans.get(types)
-        if plan is None:
-            plan = self.plans[types] = _plan(types)
-        return (types, plan(v))
-
-    def kwargs(self, v: Any) -> Hashable:
-        if type(v) is not dict:
-            return _norm(v)
-        keys = tuple(v)
-        found = self.names.get(keys)
-        if found is None:
-            if not all(type(k) is str for k in keys):
-                return _norm(v)
-            names = tuple(sorted(keys))
-            # itemgetter of one name gives the bare value: ask for it twice
-            found = self.names[keys] = (names, itemgetter(*names, *names[:len(names) == 1]))
-        names, values = found
-        return (names, self.args(values(v)))
-
-
-# Values a key holds as they are, beside their type.
-_FLAT = frozenset({Ref, ParamRef, bool, int, float, str, NoneType})
-
-
-def _plan(types: tuple[type, ...]) -> Callable[[Any], Any]:
-    """The items part of the key of a tuple with these item types, as a function of the
-    tuple (one kind of value for one ``types``)."""
-    if not all(u in _FLAT for u in types):
-        return _norm  # nested: as _norm says
-    kept = [i for i, u in enumerate(types) if u is not Ref]
-    if len(kept) == len(types):
-        return tuple  # the items as they are
-    if kept:
-        return itemgetter(*kept)  # all but the Refs (one index: the item itself)
-    return len  # Refs only: the types say it all
-
-
-# --------------------------------------------------------------------------- groups
-class _Groups:
-    """Union-find over op positions; grown groups remember the iteration of each pass.
-
-    A grown group is *anchored* to a rule-1 layer S (passes at positions s_1 < ... < s_n).
-    The iteration of a member x is the number of passes of S executed before it. A union
-    that would put two members in the same iteration is refused: passes of one layer
-    always lie in distinct iterations.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.up = list(range(n))
-        # members of each root of a group of two or more (an op alone has no entry)
-        self.members: dict[int, list[int]] = {}
-        self.anchor: dict[int, int] = {}
-        self.iters: dict[int, set[int]] = {}
-        self.seeds: list[list[int]] = []
-
-    def find(self, i: int) -> int:
-        up = self.up
-        root = i
-        while up[root] != root:
-            root = up[root]
-        while up[i] != root:
-            up[i], i = root, up[i]
-        return root
-
-    def firsts(self) -> list[int]:
-        """For each position, the first position of its group."""
-        out = list(range(len(self.up)))
-        for members in self.members.values():
-            first = min(members)
-            for m in members:
-                out[m] = first
-        return out
-
-    def merge(self, ra: int, rb: int) -> int:
-        """Unconditional union of two roots; returns the new root."""
-        members = self.members
-        ma, mb = members.get(ra), members.get(rb)
-        if (len(ma) if ma else 1) < (len(mb) if mb else 1):
-            ra, rb = rb, ra
-        self.up[rb] = ra
-        into = members.get(ra)
-        if into is None:
-            into = members[ra] = [ra]
-        into.extend(members.pop(rb, (rb,)))
-        return ra
-
-    def _iters(self, root: int, seed: int) -> set[int] | None:
-        """Iterations of a root's members w.r.t. a seed; None if two collide."""
-        if self.anchor.get(root) == seed and root in self.iters:
-            return self.iters[root]
-        s = self.seeds[seed]
-        members = self.members.get(root) or (root,)
-        found = {bisect_right(s, x) for x in members}
-        return found if len(found) == len(members) else None
-
-    def union(self, a: int, b: int, seed: int) -> bool:
-        """Join the groups of ``a`` and ``b`` unless two passes would share an iteration."""
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        ma, mb = self.members.get(ra), self.members.get(rb)
-        big, small = (ra, rb) if (len(ma) if ma else 1) >= (len(mb) if mb else 1) else (rb, ra)
-        anchor = self.anchor.get(big, self.anchor.get(small, seed))
-        ib, is_ = self._iters(big, anchor), self._iters(small, anchor)
-        if ib is None or is_ is None or not ib.isdisjoint(is_):
-            return False
-        root = self.merge(big, small)  # keeps ``big`` as the root
-        ib.update(is_)  # in place: small-into-large keeps growth near-linear
-        self.anchor[root] = anchor
-        self.iters[root] = ib
-        return True
 
 
 # --------------------------------------------------------------------------- rule 1

@@ -13,7 +13,8 @@ from torch import nn
 import lens as tl
 from lens.capture.records import ParamRef, Ref
 from lens.tracing import loops
-from lens.tracing.loops import _Keys, _norm, find_layers
+from lens.tracing.argkeys import _Keys, _norm
+from lens.tracing.loops import find_layers
 from tests.helpers import build
 from tests.models import ZooCase, cases, get
 
