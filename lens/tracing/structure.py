@@ -17,7 +17,7 @@ The fingerprint holds, for every record in call order, every field postprocessin
 * ``params`` (rule 1: same parameters applied again),
 * the module path: ``module_ctx`` addresses (call numbers are not read),
 * the argument templates ``args``/``kwargs``, with the type of every value (``x * 2`` and
-  ``x * 2.0`` are different ops), at least as fine as ``loops._norm``,
+  ``x * 2.0`` are different ops), at least as fine as ``argkeys._norm``,
 
 plus the options that change the result: whether orphans are kept (``keep_orphans`` or a
 halted run) and ``detect_loops``. Equal fingerprints give equal inputs to every step, so
@@ -66,7 +66,7 @@ _OPAQUE = object()
 
 
 def _key(v: Any) -> Hashable:
-    """A value-based key of an argument template, finer than ``loops._norm``: equal keys
+    """A value-based key of an argument template, finer than ``argkeys._norm``: equal keys
     mean equal normalised arguments. Holds flat values only (else :data:`_OPAQUE`)."""
     t = type(v)
     if t in _FLAT:
