@@ -9,8 +9,8 @@ an instance attribute ``forward`` on each module: ``nn.Module.__call__`` calls
 module keeps torch's fast path. Its ``__wrapped__`` is the original, so
 ``inspect.signature(module.forward)`` still reads the module's own parameters. A module
 whose class makes ``forward`` a data descriptor (an instance cannot shadow it) gets
-torch's hooks instead; those hooks are called for every thread (the engine's check the
-thread themselves).
+torch's hooks instead; those run for every thread's calls (the engine's hook bodies
+check the thread themselves).
 
 Order relative to hooks the user registered: their pre-hooks run first (we see the inputs
 they made), and their forward hooks run after our exit (they see the output an
