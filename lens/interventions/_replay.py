@@ -17,8 +17,10 @@ from typing import Any
 from torch import Tensor
 
 from ..capture import storage
+from ..capture.records import OpRecord
 from ..errors import ReplayError
 from ..replay.interpreter import Interpreter
+from ..replay.steps import prepare
 from ..tracing import Op, Trace
 from ._sites import describe
 
@@ -47,6 +49,25 @@ class ForkInterpreter(Interpreter):
             return True
         versions = self.versions.get(ci)
         return versions is not None and self.seen_by(ci, consumer) is not base[ci]
+
+    def changed(self, parents: Iterable[int], consumer: int, base: Mapping[int, Tensor]
+                ) -> bool:
+        """Whether any of ``parents`` has, for op ``consumer``, a value other than the
+        source trace's (``changed_for`` of each, without a call per parent)."""
+        env, versions = self.env, self.versions
+        for p in parents:
+            if p in env or (p in versions and self.seen_by(p, consumer) is not base[p]):
+                return True
+        return False
+
+    def run_record(self, rec: OpRecord) -> Tensor:
+        """:meth:`run_op` for a record, with no op view made (one is made only to name
+        the op in an error)."""
+        self.current = rec.call_index
+        try:
+            return self.run_step(prepare(rec))
+        finally:
+            self.current = -1
 
     def value(self, call_index: int) -> Tensor:
         if call_index in self.versions and self.current >= 0:

@@ -121,14 +121,15 @@ class Fork(Trace):
         base: dict[int, Tensor] = {}
         first = min(src._by_call[ci].pos for ci in plan)
         try:
-            for op in src.ops[first:]:
-                ci = op.call_index
+            # Records, not op views: a view is made only for an edited site or a check.
+            for rec in src.kept[first:]:
+                ci = rec.call_index
                 steps = plan.get(ci)
-                if op.kind == CONSTANT:
-                    check_error_sources(op, functools.partial(interp.changed_for,
-                                                              consumer=ci, base=base))
-                if any(interp.changed_for(p, ci, base) for p in op.parent_idx):
-                    value = interp.run_op(op)
+                if rec.kind == CONSTANT:
+                    check_error_sources(Op(src, rec), functools.partial(
+                        interp.changed_for, consumer=ci, base=base))
+                if interp.changed(rec.parent_idx, ci, base):
+                    value = interp.run_record(rec)
                     if steps is None:
                         interp.env[ci] = value
                         continue
@@ -137,7 +138,7 @@ class Fork(Trace):
                 else:
                     value = interp.value(ci)
                 base[ci] = value
-                interp.versions[ci] = self._versions(op, value, steps, interp)
+                interp.versions[ci] = self._versions(Op(src, rec), value, steps, interp)
         except PayloadError as e:
             raise PayloadError(
                 f"{e} The source trace was captured with save={src.save_spec!r} and "

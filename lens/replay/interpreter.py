@@ -133,6 +133,10 @@ class Interpreter:
     def run_op(self, op: Op) -> Tensor:
         return self._run(prepare(op.record), op)
 
+    def run_step(self, step: Step) -> Tensor:
+        """One prepared step, as :meth:`run_op` runs an op (errors name the step's op)."""
+        return self._run(step, None)
+
     def _run(self, step: Step, view: Op | None) -> Tensor:
         """One step, errors named after ``view`` (or the step's record)."""
         try:
