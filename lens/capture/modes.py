@@ -55,7 +55,7 @@ def current() -> Mode | None:
     if _any_autocast():
         return _interned(_grad_on(), _inference_on(), _autocast_now())
     if not _inference_on():
-        return None if _grad_on() else _NO_GRAD
+        return None if _grad_on() else NO_GRAD
     return _INFERENCE if not _grad_on() else _interned(True, True, ())
 
 
@@ -70,7 +70,7 @@ def _interned(grad: bool, inference: bool,
     return mode
 
 
-_NO_GRAD = _interned(False, False, ())
+NO_GRAD = _interned(False, False, ())  # under torch.no_grad() and nothing else
 _INFERENCE = _interned(False, True, ())
 
 

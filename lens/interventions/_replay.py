@@ -45,15 +45,12 @@ class ForkInterpreter(Interpreter):
         return self.value(ci)
 
     def changed_for(self, ci: int, consumer: int, base: Mapping[int, Tensor]) -> bool:
-        if ci in self.env:
-            return True
-        versions = self.versions.get(ci)
-        return versions is not None and self.seen_by(ci, consumer) is not base[ci]
+        return self.changed((ci,), consumer, base)
 
     def changed(self, parents: Iterable[int], consumer: int, base: Mapping[int, Tensor]
                 ) -> bool:
         """Whether any of ``parents`` has, for op ``consumer``, a value other than the
-        source trace's (``changed_for`` of each, without a call per parent)."""
+        source trace's: recomputed, or an edited version other than the source's value."""
         env, versions = self.env, self.versions
         for p in parents:
             if p in env or (p in versions and self.seen_by(p, consumer) is not base[p]):

@@ -19,9 +19,18 @@ from ..capture.records import OpRecord, ParamRef, Ref
 from ..capture.template import map_arg
 from ..errors import PayloadError, ReplayError
 from ..tracing import Op, Trace
-from .steps import FORWARD, GUARDED, NO_GRAD, PLAIN, READ, Step, is_stochastic, prepare, prepare_all
-
-_AUTOGRAD_GRAD = torch.autograd.grad
+from .steps import (
+    _AUTOGRAD_GRAD,
+    FORWARD,
+    GUARDED,
+    NO_GRAD,
+    PLAIN,
+    READ,
+    Step,
+    is_stochastic,
+    prepare,
+    prepare_all,
+)
 
 
 class Interpreter:

@@ -30,13 +30,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..capture import rng, storage
-from ..capture.modes import Mode
+from ..capture import modes, rng, storage
 from ..capture.records import BUFFER, CONSTANT, IDENTITY, INPUT, OP, OUTPUT, OpRecord, ParamRef, Ref
 
 PLAIN, NO_GRAD, GUARDED, FORWARD, READ, UNKNOWN = range(6)
-
-_NO_GRAD_MODE = Mode(grad=False, inference=False, autocast=())
 
 _AUTOGRAD_GRAD = torch.autograd.grad
 
@@ -122,15 +119,10 @@ def needs_guard(record: OpRecord) -> bool:
     no_grad alone) or generator state, an argument it writes into, a random draw, or
     ``torch.autograd.grad``."""
     func, mode = record.func, record.mode
-    return ((mode is not None and mode != _NO_GRAD_MODE) or record.rng is not None
+    return ((mode is not None and mode != modes.NO_GRAD) or record.rng is not None
             or record.mutates is not None or "out" in record.kwargs
-            or func is _AUTOGRAD_GRAD or writes_aside(func) or is_stochastic(record))
-
-
-def writes_aside(func: Any) -> bool:
-    """Whether ``func`` may write into arguments besides its output (running statistics:
-    see :func:`lens.capture.storage.side_writes`)."""
-    return storage.has_side_writes(func)
+            or func is _AUTOGRAD_GRAD or storage.has_side_writes(func)
+            or is_stochastic(record))
 
 
 def is_stochastic(op: Any) -> bool:
