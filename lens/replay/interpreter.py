@@ -312,19 +312,27 @@ def _copy(value: Any) -> Any:
 
 def downstream(trace: Trace, sources: Iterable[int]) -> list[Op]:
     """Ops whose value depends on any of ``sources`` (call indices), sources excluded."""
+    return [Op(trace, rec) for rec in dependents(trace, sources)]
+
+
+def dependents(trace: Trace, sources: Iterable[int], *, sources_too: bool = False
+               ) -> list[OpRecord]:
+    """The records after the first of ``sources`` whose value depends on any of them, in
+    order. A later source is one of them only with ``sources_too`` (it is then recomputed
+    from the earlier ones, as a batched sweep does for the cells patched before it)."""
     dirty = set(sources)
     start = min(dirty, default=None)
     if start is None:
         return []
-    cone: list[Op] = []
+    found: list[OpRecord] = []
     for rec in trace.kept:
         ci = rec.call_index
-        if ci <= start or ci in dirty:
+        if ci <= start or (ci in dirty and not sources_too):
             continue
         if any(p in dirty for p in rec.parent_idx):
             dirty.add(ci)
-            cone.append(Op(trace, rec))
-    return cone
+            found.append(rec)
+    return found
 
 
 def tensors_equal(a: Any, b: Any) -> bool:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..capture.records import OpRecord
-from ..replay.interpreter import Interpreter, downstream
+from ..replay.interpreter import Interpreter, dependents, downstream
 from ..replay.steps import Step, prepare_all
 from ..tracing import Op, Trace
 
@@ -164,12 +164,5 @@ def _cone(trace: Trace, sources: tuple[int, ...]) -> tuple[list[OpRecord], set[i
     """The ops after the first of ``sources`` whose value depends on any of them, later
     sources included (recomputed for the cells patched earlier); and the call indices
     of every value a pass may hold batched (those ops and the sources)."""
-    known = set(sources)
-    cone = []
-    first = sources[0]
-    for rec in trace.kept:
-        ci = rec.call_index
-        if ci > first and any(p in known for p in rec.parent_idx):
-            cone.append(rec)
-            known.add(ci)
-    return cone, known
+    cone = dependents(trace, sources, sources_too=True)
+    return cone, {*sources, *(rec.call_index for rec in cone)}
