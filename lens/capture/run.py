@@ -68,6 +68,12 @@ def _compiled_module_type() -> type | None:
     return found if isinstance(found, type) else None
 
 
+def output_address(path: tuple[int | str, ...]) -> str:
+    """The address of the output op for the tensor at ``path`` in the model's return
+    value: ``output`` for a bare tensor, ``output.0``, ``output.logits``, ..."""
+    return ".".join(["output", *map(str, path)])
+
+
 def hooked_module(model: Any) -> nn.Module | None:
     """The module whose submodules are hooked: ``model`` itself, or the module a bound
     method belongs to (``model.generate``: each decoding step is one call of the module,
@@ -150,7 +156,7 @@ def run_forward(model: Any, rec: Recorder, args: tuple[Any, ...],
             _add_note(e, rec)
             raise
     for path, t in _tensor_leaves(output, ()):
-        rec.add_output(t, ".".join(["output", *map(str, path)]))
+        rec.add_output(t, output_address(path))
     return output
 
 

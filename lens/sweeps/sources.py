@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bundles.core import check_same_graph
+from ..capture.run import output_address
 from ..capture.sparse import module_map
 from ..capture.template import tensor_leaves
 from ..errors import LensError
@@ -136,7 +137,7 @@ def _output_value(output: Any, out_op: Op) -> Tensor | None:
     if not out_op.is_output:
         return None
     for path, t in tensor_leaves(output, ()):
-        if ".".join(["output", *map(str, path)]) == out_op.record.address:
+        if output_address(path) == out_op.record.address:
             return t
     return None
 
